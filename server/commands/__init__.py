@@ -1,0 +1,1 @@
+"""Sub-commands of `latentgraph`, one per module, each exposing `register(subparsers)`."""

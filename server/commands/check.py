@@ -1,0 +1,45 @@
+"""`latentgraph check`: validate a workflow and report every fault by node id, without running anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from server.commands.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    WorkflowFileError,
+    add_base_dir_argument,
+    load_workflow_file,
+    make_executor,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check", help="validate a workflow without running it",
+        description="Validate a workflow: every fault is reported with its node id, class and input. "
+                    "Exit code 0: valid; 2: invalid.",
+    )
+    parser.add_argument("workflow", type=Path, help="workflow file (API-format JSON)")
+    parser.add_argument("--json", action="store_true", help="print ComfyUI's {error, node_errors} JSON instead")
+    add_base_dir_argument(parser)
+    parser.set_defaults(func=check_command)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    try:
+        prompt = load_workflow_file(args.workflow)
+    except WorkflowFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    validation = make_executor(args.base_dir).validate(prompt)
+    if args.json:
+        print(json.dumps(validation.as_response(), indent=2))
+    elif validation.ok:
+        print(f"ok: {len(validation.nodes)} nodes to run for outputs {', '.join(validation.outputs)}")
+    else:
+        print(validation.summary())
+    return EXIT_OK if validation.ok else EXIT_INVALID
