@@ -126,7 +126,7 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     folders = executor.env.folders
     roots = {"output": folders.output_dir, "temp": folders.temp_dir, "input": folders.input_dir}
-    for node_id, ui in result.outputs.items():
+    for ui in result.outputs.values():
         for image in ui.get("images", []):
             path = roots[image["type"]] / image["subfolder"] / image["filename"]
             print(path)
