@@ -178,10 +178,10 @@ class Executor:
                 result.executed.append(node_id)
                 if node_id not in volatile:
                     self.cache.put(keys[node_id], out, ui)
-                for link in node.links().values():
-                    consumers[link.node] -= 1
-                    if consumers[link.node] == 0:
-                        values.pop(link.node, None)
+                for parent in {link.node for link in node.links().values()}:
+                    consumers[parent] -= 1
+                    if consumers[parent] == 0:
+                        values.pop(parent, None)
                 if ui:
                     result.outputs[node_id] = ui
                     emit("executed", {"node": node_id, "display_node": node_id, "output": ui,
