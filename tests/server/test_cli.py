@@ -1,0 +1,129 @@
+"""The command line, driven as a user drives it: through a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def latentgraph(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture
+def base(tmp_path) -> Path:
+    (tmp_path / "input").mkdir()
+    Image.new("RGB", (32, 16), (0, 200, 0)).save(tmp_path / "input" / "photo.png")
+    return tmp_path
+
+
+def image_workflow(path: Path, **scale) -> Path:
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear",
+                                                     "width": scale.get("width", 64), "height": 0,
+                                                     "crop": "disabled"}, "_meta": {"title": "Resize"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "cli"}},
+    }
+    path.write_text(json.dumps(prompt))
+    return path
+
+
+def test_run_writes_the_png_and_prints_its_path(base):
+    result = latentgraph("run", str(image_workflow(base / "wf.json")), cwd=base)
+    assert result.returncode == 0, result.stderr
+    printed = Path(result.stdout.strip())
+    assert printed == base / "output" / "cli_00001_.png"
+    with Image.open(printed) as png:
+        assert png.size == (64, 32)
+    assert "nodes" in result.stderr  # the progress bar
+
+
+def test_set_overrides_by_id_and_by_title(base):
+    workflow = image_workflow(base / "wf.json")
+    result = latentgraph("run", str(workflow), "--set", "Resize.width=20", "--set", "3.filename_prefix=small",
+                         "--quiet", "--base-dir", str(base), cwd=base.parent)
+    assert result.returncode == 0, result.stderr
+    with Image.open(Path(result.stdout.strip())) as png:
+        assert png.size == (20, 10)
+    assert Path(result.stdout.strip()).name == "small_00001_.png"
+
+
+def test_set_with_an_unknown_node_is_a_clear_error(base):
+    result = latentgraph("run", str(image_workflow(base / "wf.json")), "--set", "Nope.width=3", cwd=base)
+    assert result.returncode == 2
+    assert "no node with id or title 'Nope'" in result.stderr
+
+
+def test_check_reports_every_fault_by_node_id(base):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "missing.png"}},
+        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "sideways",
+                                                     "width": -4, "height": 0, "crop": "disabled"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}},
+    }
+    (base / "bad.json").write_text(json.dumps(prompt))
+    result = latentgraph("check", "bad.json", cwd=base)
+    assert result.returncode == 2
+    assert "node 1 (LoadImage), input 'image'" in result.stdout
+    assert "node 2 (ImageScale), input 'upscale_method'" in result.stdout
+    assert "node 2 (ImageScale), input 'width'" in result.stdout
+    as_json = latentgraph("check", "bad.json", "--json", cwd=base)
+    assert set(json.loads(as_json.stdout)["node_errors"]) == {"1", "2"}
+    assert not (base / "output").exists() or not any((base / "output").iterdir())
+
+
+def test_check_accepts_a_valid_workflow(base):
+    result = latentgraph("check", str(image_workflow(base / "wf.json")), cwd=base)
+    assert result.returncode == 0
+    assert result.stdout.startswith("ok: 3 nodes")
+
+
+def test_run_of_an_invalid_workflow_exits_2_and_runs_nothing(base):
+    workflow = image_workflow(base / "wf.json")
+    result = latentgraph("run", str(workflow), "--set", "2.width=-1", cwd=base)
+    assert result.returncode == 2
+    assert "value_smaller_than_min" in result.stderr
+    assert not (base / "output" / "cli_00001_.png").exists()
+
+
+def test_bad_json_file_is_a_clear_error(base):
+    (base / "broken.json").write_text('{"1": {"class_type": ')
+    for command in ("run", "check"):
+        result = latentgraph(command, "broken.json", cwd=base)
+        assert result.returncode == 2
+        assert "is not valid JSON (line 1" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_failing_node_exits_1_with_the_node_named(base):
+    (base / "input" / "photo.png").write_bytes(b"not really a png")
+    result = latentgraph("run", str(image_workflow(base / "wf.json")), "--quiet", cwd=base)
+    assert result.returncode == 1
+    assert "node 1 (LoadImage) failed" in result.stderr
+
+
+def test_nodes_lists_schemas(base):
+    listing = latentgraph("nodes", "ImageScale", cwd=base)
+    assert listing.returncode == 0
+    assert "width: INT" in listing.stdout
+    info = json.loads(latentgraph("nodes", "--json", "SaveImage", cwd=base).stdout)
+    assert info["SaveImage"]["output_node"] is True
+    schema = json.loads(latentgraph("nodes", "--schema", "ImageScale", cwd=base).stdout)
+    assert schema["ImageScale"]["properties"]["width"]["maximum"] == 16384
+
+
+def test_help_lists_every_command(base):
+    result = latentgraph("--help", cwd=base)
+    for command in ("run", "check", "nodes"):
+        assert command in result.stdout
