@@ -196,15 +196,14 @@ def validate(
         if errs:
             node_errors.setdefault(node_id, []).extend(errs)
 
-    for cycle_nodes in (c for c in nx.strongly_connected_components(graph.subgraph(needed)) if len(c) > 1):
-        for node_id in sorted(cycle_nodes):
-            node_errors.setdefault(node_id, []).append(_error(
-                "dependency_cycle", "Dependency cycle detected",
-                f"node {node_id} depends on itself through nodes {sorted(cycle_nodes)}"))
-    for node_id in needed:
-        if graph.has_edge(node_id, node_id):
-            node_errors.setdefault(node_id, []).append(_error(
-                "dependency_cycle", "Dependency cycle detected", f"node {node_id} is linked to itself"))
+    needed_graph = graph.subgraph(needed)
+    if not nx.is_directed_acyclic_graph(needed_graph):
+        for cycle_nodes in nx.strongly_connected_components(needed_graph):
+            if len(cycle_nodes) > 1 or any(graph.has_edge(n, n) for n in cycle_nodes):
+                for node_id in sorted(cycle_nodes):
+                    node_errors.setdefault(node_id, []).append(_error(
+                        "dependency_cycle", "Dependency cycle detected",
+                        f"node {node_id} depends on itself through nodes {sorted(cycle_nodes)}"))
 
     shaped = {
         node_id: {

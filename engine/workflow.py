@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
@@ -43,8 +44,12 @@ class PromptNode(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     meta: dict[str, Any] | None = Field(default=None, alias="_meta")
 
-    def links(self) -> dict[str, Link]:
+    @cached_property
+    def _links(self) -> dict[str, Link]:
         return {name: link for name, value in self.inputs.items() if (link := as_link(value)) is not None}
+
+    def links(self) -> dict[str, Link]:
+        return self._links
 
     def constants(self) -> dict[str, Any]:
         return {name: unwrap_constant(v) for name, v in self.inputs.items() if as_link(v) is None}
