@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "server.commands.run",
     "server.commands.check",
     "server.commands.nodes",
+    "server.commands.serve",
 ]
 
 

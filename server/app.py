@@ -1,0 +1,94 @@
+"""The app factory and the serving loop: one aiohttp application per server, testable in-process or as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from engine.executor import DEFAULT_CACHE_BYTES, Executor
+from nodes import load_registry, make_environment
+from server import openapi, routes_files, routes_info, routes_queue
+from server.jsonio import json_errors
+from server.options import ServerOptions, is_loopback
+from server.queue import PromptQueue
+from server.routes_ws import add_websocket_route
+from server.routing import add_api_routes
+from server.security import security_middlewares
+from server.state import STATE, ServerState
+from server.worker import Worker
+from server.ws import Hub
+
+log = logging.getLogger(__name__)
+
+
+def create_app(options: ServerOptions) -> web.Application:
+    """The whole server as an aiohttp app; the worker thread starts and stops with the app."""
+    registry = options.registry if options.registry is not None else load_registry()
+    executor = Executor(registry, make_environment(options.base_dir), cache_bytes=options.cache_bytes or
+                        DEFAULT_CACHE_BYTES)
+    queue = PromptQueue(options.database_path, options.history_limit)
+    hub = Hub()
+    state = ServerState(options, executor, queue, hub, worker=None)  # type: ignore[arg-type]
+    state.worker = Worker(executor, queue, hub, state.broadcast_status,
+                          preview_interval_s=options.preview_interval_s, preview_max_size=options.preview_max_size)
+    if queue.recovered:
+        log.warning("%d prompt(s) were running when the server last stopped; they are in history as failed: %s",
+                    len(queue.recovered), ", ".join(queue.recovered))
+
+    app = web.Application(middlewares=[json_errors, *security_middlewares(options)],
+                          client_max_size=options.max_json_bytes)
+    app[STATE] = state
+    for table in (routes_queue.routes, routes_files.routes, routes_info.routes, openapi.routes):
+        add_api_routes(app, table)
+    add_websocket_route(app)
+
+    async def start(app: web.Application) -> None:
+        hub.attach(asyncio.get_running_loop())
+        state.worker.start()
+
+    async def close_sockets(app: web.Application) -> None:
+        await hub.close_all()
+
+    async def stop(app: web.Application) -> None:
+        await asyncio.to_thread(state.worker.stop)
+        queue.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(close_sockets)
+    app.on_cleanup.append(stop)
+    return app
+
+
+async def serve(options: ServerOptions, on_ready: Callable[[str], None] | None = None) -> None:
+    """Listens until SIGINT or SIGTERM, then shuts down cleanly (the running prompt is interrupted)."""
+    if not is_loopback(options.host) and not options.token:
+        print(f"WARNING: listening on {options.host} without a token: anyone who can reach this address can run "
+              "workflows and read your images. Set --token or LATENTGRAPH_TOKEN.", file=sys.stderr, flush=True)
+    runner = web.AppRunner(create_app(options), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, options.host, options.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{port}"
+        print(f"latentgraph is listening on {url} (base directory {options.base_dir})", flush=True)
+        if on_ready is not None:
+            on_ready(url)
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+        await stopped.wait()
+        print("latentgraph is shutting down", flush=True)
+    finally:
+        await runner.cleanup()
+
+
+def run(options: ServerOptions) -> None:
+    asyncio.run(serve(options))

@@ -1,0 +1,49 @@
+"""`latentgraph serve`: the ComfyUI-compatible HTTP and WebSocket API, on 127.0.0.1:8188 unless told otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from server.commands.common import add_base_dir_argument
+from server.options import DEFAULT_PORT, TOKEN_ENV, ServerOptions, is_loopback
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve the HTTP/WebSocket API (ComfyUI-compatible)",
+        description="Serve the ComfyUI-compatible HTTP and WebSocket API with a persistent queue and history. "
+                    "Listens on 127.0.0.1 only, unless --listen names another address.",
+    )
+    add_base_dir_argument(parser)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    parser.add_argument("--listen", metavar="ADDRESS", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1); any other address exposes the server to "
+                             "the network, so set a token")
+    parser.add_argument("--token", default=None,
+                        help=f"require this token on every request (default: ${TOKEN_ENV} when set)")
+    parser.add_argument("--allow-origin", dest="allowed_origins", action="append", default=[], metavar="ORIGIN",
+                        help="let browser pages from ORIGIN (e.g. http://localhost:5173) call the API; repeatable")
+    parser.add_argument("--allow-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                        help="accept requests addressed to host NAME while listening on loopback; repeatable")
+    parser.add_argument("--history-limit", type=int, default=10000, help="finished prompts kept (default 10000)")
+    parser.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload in MiB (default 100)")
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    parser.set_defaults(func=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from server.app import run
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.history_limit < 1:
+        print("error: --history-limit must be at least 1")
+        return 2
+    options = ServerOptions(base_dir=args.base_dir, host=args.listen, port=args.port, token=args.token,
+                            history_limit=args.history_limit, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                            allowed_origins=args.allowed_origins, allowed_hosts=args.allowed_hosts)
+    if not is_loopback(options.host) and options.token:
+        print(f"listening on {options.host}: every request needs the token")
+    run(options)
+    return 0

@@ -1,0 +1,334 @@
+"""The prompt queue and its history, kept in SQLite so that nothing is lost to a restart or a crash.
+
+One table holds every prompt in one of three states: pending, running, done. A prompt moves pending -> running
+when the worker claims it and running -> done when its result (outputs, status, messages) is written, in one
+transaction each, so a crash leaves every prompt in exactly one state. A prompt found `running` at start-up was
+cut off by the death of the process: it is moved to history as failed, with that reason, before anything else runs.
+
+Queue order follows ComfyUI: by `number` ascending; `front: true` takes a negative number so it runs first.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id TEXT PRIMARY KEY,
+    number REAL NOT NULL,
+    state TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    extra_data TEXT NOT NULL,
+    outputs_to_execute TEXT NOT NULL,
+    client_id TEXT,
+    workflow_id TEXT,
+    create_time INTEGER NOT NULL,
+    start_time INTEGER,
+    end_time INTEGER,
+    done_seq INTEGER,
+    status_str TEXT,
+    completed INTEGER,
+    messages TEXT,
+    outputs TEXT,
+    meta TEXT,
+    error TEXT,
+    outputs_count INTEGER,
+    preview_output TEXT
+);
+CREATE INDEX IF NOT EXISTS prompts_state_number ON prompts(state, number);
+CREATE INDEX IF NOT EXISTS prompts_done_seq ON prompts(done_seq);
+"""
+
+JOB_STATUS_SQL = ("CASE WHEN state = 'pending' THEN 'pending' WHEN state = 'running' THEN 'in_progress' "
+                  "WHEN status_str = 'success' THEN 'completed' ELSE 'failed' END")
+JOB_STATUSES = ("pending", "in_progress", "completed", "failed")
+CRASH_REASON = ("The server stopped while this prompt was running (the process was killed or crashed), so it did "
+                "not finish. Queue it again to retry.")
+PREVIEWABLE = ("images", "video", "audio")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DuplicatePromptId(ValueError):
+    """A prompt with this id is already queued or in history."""
+
+
+@dataclass
+class QueueItem:
+    """ComfyUI's queue item, `[number, prompt_id, prompt, extra_data, outputs_to_execute]`."""
+
+    number: float
+    prompt_id: str
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs: list[str]
+
+    @property
+    def client_id(self) -> str | None:
+        client_id = self.extra_data.get("client_id")
+        return client_id if isinstance(client_id, str) and client_id else None
+
+    def as_list(self) -> list[Any]:
+        number = int(self.number) if float(self.number).is_integer() else self.number
+        return [number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
+
+
+def outputs_summary(outputs: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """How many output files a prompt made, and the one to show for it (an `output` file first)."""
+    count, preview, fallback = 0, None, None
+    for node_id, node_outputs in outputs.items():
+        if not isinstance(node_outputs, dict):
+            continue
+        for media_type, items in node_outputs.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if not isinstance(item, dict):
+                    continue
+                count += 1
+                if media_type in PREVIEWABLE and preview is None:
+                    enriched = {**item, "nodeId": node_id, "mediaType": media_type}
+                    if item.get("type") == "output":
+                        preview = enriched
+                    elif fallback is None:
+                        fallback = enriched
+    return count, preview or fallback
+
+
+class PromptQueue:
+    """Thread-safe: the event loop adds and reads, the worker thread claims and finishes."""
+
+    def __init__(self, path: Path, history_limit: int = 10000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.history_limit = history_limit
+        self._lock = threading.RLock()
+        self._wakeup = threading.Condition(threading.Lock())
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        row = self._db.execute("SELECT MAX(ABS(number)) AS n, MAX(done_seq) AS s FROM prompts").fetchone()
+        self._counter = int(row["n"] or 0) + 1
+        self._done_seq = int(row["s"] or 0)
+        self.recovered = self._recover_crashed()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _recover_crashed(self) -> list[str]:
+        """Prompts left `running` by a dead process go to history as failed, with the reason."""
+        with self._lock:
+            rows = self._db.execute("SELECT prompt_id, start_time FROM prompts WHERE state = 'running' "
+                                    "ORDER BY start_time").fetchall()
+            for row in rows:
+                error = {
+                    "prompt_id": row["prompt_id"], "node_id": None, "node_type": None, "executed": [],
+                    "exception_message": CRASH_REASON, "exception_type": "ServerStopped", "traceback": [],
+                    "current_inputs": {}, "current_outputs": {}, "timestamp": now_ms(),
+                }
+                messages = [["execution_start", {"prompt_id": row["prompt_id"], "timestamp": row["start_time"]}],
+                            ["execution_error", error]]
+                self._finish_locked(row["prompt_id"], "error", False, messages, {}, {}, error)
+            return [row["prompt_id"] for row in rows]
+
+    # -- queue --------------------------------------------------------------------------------------------------
+
+    def add(self, prompt_id: str, prompt: dict[str, Any], extra_data: dict[str, Any], outputs: list[str], *,
+            front: bool = False, number: float | None = None) -> QueueItem:
+        workflow = (extra_data.get("extra_pnginfo") or {}).get("workflow") if isinstance(
+            extra_data.get("extra_pnginfo"), dict) else None
+        workflow_id = workflow.get("id") if isinstance(workflow, dict) and isinstance(workflow.get("id"), str) \
+            else None
+        with self._lock:
+            if number is None:
+                number = self._counter
+            self._counter = max(self._counter, int(abs(number))) + 1
+            if front:
+                number = -abs(number)
+            try:
+                self._db.execute(
+                    "INSERT INTO prompts (prompt_id, number, state, prompt, extra_data, outputs_to_execute, "
+                    "client_id, workflow_id, create_time) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                    (prompt_id, number, json.dumps(prompt), json.dumps(extra_data), json.dumps(outputs),
+                     extra_data.get("client_id"), workflow_id, extra_data.get("create_time") or now_ms()))
+            except sqlite3.IntegrityError as exc:
+                raise DuplicatePromptId(prompt_id) from exc
+        with self._wakeup:
+            self._wakeup.notify_all()
+        return QueueItem(number, prompt_id, prompt, extra_data, outputs)
+
+    def wait(self, timeout: float) -> None:
+        """Blocks the worker until something is added (or `timeout` passes)."""
+        with self._wakeup:
+            self._wakeup.wait(timeout)
+
+    def wake(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    def claim_next(self) -> QueueItem | None:
+        """The first pending prompt, now marked running; None when nothing is pending."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM prompts WHERE state = 'pending' ORDER BY number, rowid "
+                                   "LIMIT 1").fetchone()
+            if row is None:
+                return None
+            self._db.execute("UPDATE prompts SET state = 'running', start_time = ? WHERE prompt_id = ?",
+                             (now_ms(), row["prompt_id"]))
+            return self._item(row)
+
+    def finish(self, prompt_id: str, status_str: str, completed: bool, messages: list[Any],
+               outputs: dict[str, Any], meta: dict[str, Any], error: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._finish_locked(prompt_id, status_str, completed, messages, outputs, meta, error)
+
+    def _finish_locked(self, prompt_id: str, status_str: str, completed: bool, messages: list[Any],
+                       outputs: dict[str, Any], meta: dict[str, Any], error: dict[str, Any] | None) -> None:
+        self._done_seq += 1
+        count, preview = outputs_summary(outputs)
+        self._db.execute("BEGIN")
+        self._db.execute(
+            "UPDATE prompts SET state = 'done', end_time = ?, done_seq = ?, status_str = ?, completed = ?, "
+            "messages = ?, outputs = ?, meta = ?, error = ?, outputs_count = ?, preview_output = ? "
+            "WHERE prompt_id = ?",
+            (now_ms(), self._done_seq, status_str, int(completed), json.dumps(messages, default=str),
+             json.dumps(outputs, default=str), json.dumps(meta), json.dumps(error, default=str) if error else None,
+             count, json.dumps(preview) if preview else None, prompt_id))
+        self._db.execute(
+            "DELETE FROM prompts WHERE state = 'done' AND done_seq <= ("
+            "SELECT done_seq FROM prompts WHERE state = 'done' ORDER BY done_seq DESC LIMIT 1 OFFSET ?)",
+            (self.history_limit,))
+        self._db.execute("COMMIT")
+
+    @staticmethod
+    def _item(row: sqlite3.Row) -> QueueItem:
+        return QueueItem(row["number"], row["prompt_id"], json.loads(row["prompt"]), json.loads(row["extra_data"]),
+                         json.loads(row["outputs_to_execute"]))
+
+    def items(self, state: str) -> list[QueueItem]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM prompts WHERE state = ? ORDER BY number, rowid",
+                                    (state,)).fetchall()
+        return [self._item(row) for row in rows]
+
+    def remaining(self) -> int:
+        """Pending plus running, ComfyUI's `queue_remaining`."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM prompts WHERE state IN ('pending', 'running')"
+                                    ).fetchone()[0]
+
+    def state_of(self, prompt_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM prompts WHERE prompt_id = ?", (prompt_id,)).fetchone()
+        return row["state"] if row else None
+
+    def delete_pending(self, prompt_ids: list[str] | None = None) -> int:
+        """Removes the given pending prompts (all of them when None); running and finished ones are untouched."""
+        with self._lock:
+            if prompt_ids is None:
+                cursor = self._db.execute("DELETE FROM prompts WHERE state = 'pending'")
+            else:
+                cursor = self._db.executemany("DELETE FROM prompts WHERE state = 'pending' AND prompt_id = ?",
+                                              [(p,) for p in prompt_ids])
+            return cursor.rowcount
+
+    # -- history ------------------------------------------------------------------------------------------------
+
+    def _history_entry(self, row: sqlite3.Row) -> dict[str, Any]:
+        if row["state"] != "done":
+            return {"prompt": self._item(row).as_list(), "outputs": {},
+                    "status": {"status_str": "running" if row["state"] == "running" else "pending",
+                               "completed": False, "messages": []},
+                    "meta": {}}
+        return {
+            "prompt": self._item(row).as_list(),
+            "outputs": json.loads(row["outputs"]),
+            "status": {"status_str": row["status_str"], "completed": bool(row["completed"]),
+                       "messages": json.loads(row["messages"])},
+            "meta": json.loads(row["meta"]),
+        }
+
+    def history(self, max_items: int | None = None, offset: int | None = None) -> dict[str, Any]:
+        """Finished prompts, oldest first; by default the newest `max_items` (ComfyUI's offset -1)."""
+        with self._lock:
+            total = self._db.execute("SELECT COUNT(*) FROM prompts WHERE state = 'done'").fetchone()[0]
+            if offset is None:
+                offset = max(0, total - max_items) if max_items is not None else 0
+            rows = self._db.execute("SELECT * FROM prompts WHERE state = 'done' ORDER BY done_seq LIMIT ? OFFSET ?",
+                                    (-1 if max_items is None else max_items, offset)).fetchall()
+        return {row["prompt_id"]: self._history_entry(row) for row in rows}
+
+    def lookup(self, prompt_id: str) -> dict[str, Any] | None:
+        """The history entry of any known prompt: finished, or pending/running with that status."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM prompts WHERE prompt_id = ?", (prompt_id,)).fetchone()
+        return self._history_entry(row) if row else None
+
+    def delete_history(self, prompt_ids: list[str] | None = None) -> int:
+        with self._lock:
+            if prompt_ids is None:
+                cursor = self._db.execute("DELETE FROM prompts WHERE state = 'done'")
+            else:
+                cursor = self._db.executemany("DELETE FROM prompts WHERE state = 'done' AND prompt_id = ?",
+                                              [(p,) for p in prompt_ids])
+            return cursor.rowcount
+
+    # -- jobs (the editor's unified queue + history view) -------------------------------------------------------
+
+    def _job(self, row: sqlite3.Row, full: bool) -> dict[str, Any]:
+        job: dict[str, Any] = {
+            "id": row["prompt_id"],
+            "status": row["job_status"],
+            "priority": int(row["number"]) if float(row["number"]).is_integer() else row["number"],
+            "create_time": row["create_time"],
+            "execution_start_time": row["start_time"],
+            "execution_end_time": row["end_time"],
+            "execution_error": json.loads(row["error"]) if row["error"] else None,
+            "outputs_count": row["outputs_count"] or 0,
+            "preview_output": json.loads(row["preview_output"]) if row["preview_output"] else None,
+            "workflow_id": row["workflow_id"],
+        }
+        job = {k: v for k, v in job.items() if v is not None}
+        if full:
+            entry = self._history_entry(row)
+            job["outputs"] = entry["outputs"]
+            job["execution_status"] = entry["status"]
+            job["workflow"] = {"prompt": entry["prompt"][2], "extra_data": entry["prompt"][3]}
+        return job
+
+    def jobs(self, statuses: list[str] | None = None, workflow_id: str | None = None, sort_by: str = "created_at",
+             descending: bool = True, limit: int | None = None, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        statuses = list(statuses or JOB_STATUSES)
+        where = f"job_status IN ({', '.join('?' * len(statuses))})"
+        params: list[Any] = list(statuses)
+        if workflow_id is not None:
+            where += " AND workflow_id = ?"
+            params.append(workflow_id)
+        direction = "DESC" if descending else "ASC"
+        order = (f"COALESCE(end_time - start_time, 0) {direction}" if sort_by == "execution_duration"
+                 else f"create_time {direction}, rowid {direction}")
+        columns = ("prompt_id, number, state, create_time, start_time, end_time, error, outputs_count, "
+                   f"preview_output, workflow_id, {JOB_STATUS_SQL} AS job_status")
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM (SELECT {JOB_STATUS_SQL} AS job_status, workflow_id "
+                                     f"FROM prompts) WHERE {where}", params).fetchone()[0]
+            rows = self._db.execute(f"SELECT * FROM (SELECT rowid, {columns} FROM prompts) WHERE {where} "
+                                    f"ORDER BY {order} LIMIT ? OFFSET ?",
+                                    [*params, -1 if limit is None else limit, offset]).fetchall()
+        return [self._job(row, full=False) for row in rows], total
+
+    def job(self, prompt_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT *, {JOB_STATUS_SQL} AS job_status FROM prompts WHERE prompt_id = ?",
+                                   (prompt_id,)).fetchone()
+        return self._job(row, full=True) if row else None

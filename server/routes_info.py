@@ -1,0 +1,130 @@
+"""What the server knows and has: node definitions, models, embeddings, features and system statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiohttp import web
+
+from server.jsonio import ApiError
+from server.state import get_state
+
+routes = web.RouteTableDef()
+
+
+def latentgraph_version() -> str:
+    try:
+        return version("latentgraph")
+    except PackageNotFoundError:
+        return "0.0.0+source"
+
+
+def _memory() -> tuple[int, int]:
+    """Total and available RAM in bytes, from the OS (no psutil needed)."""
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
+
+
+def _devices() -> list[dict[str, Any]]:
+    import torch
+
+    if torch.cuda.is_available():
+        devices = []
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            reserved = torch.cuda.memory_reserved(index)
+            devices.append({"name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda",
+                            "index": index, "vram_total": total, "vram_free": free,
+                            "torch_vram_total": reserved, "torch_vram_free": reserved - torch.cuda.memory_allocated(
+                                index)})
+        return devices
+    total, free = _memory()
+    return [{"name": "cpu", "type": "cpu", "index": None, "vram_total": total, "vram_free": free,
+             "torch_vram_total": total, "torch_vram_free": free}]
+
+
+def system_stats() -> dict[str, Any]:
+    import torch
+
+    total, free = _memory()
+    return {
+        "system": {
+            "os": os.name if sys.platform != "linux" else "posix",
+            "ram_total": total,
+            "ram_free": free,
+            "comfyui_version": latentgraph_version(),
+            "latentgraph_version": latentgraph_version(),
+            "python_version": sys.version,
+            "pytorch_version": torch.__version__,
+            "embedded_python": False,
+            "argv": sys.argv,
+            "platform": platform.platform(),
+        },
+        "devices": _devices(),
+    }
+
+
+@routes.get("/object_info")
+async def object_info(request: web.Request) -> web.Response:
+    executor = get_state(request).executor
+    info = await asyncio.to_thread(executor.registry.object_info, executor.env)
+    return web.json_response(info)
+
+
+@routes.get("/object_info/{node_class}")
+async def object_info_one(request: web.Request) -> web.Response:
+    executor = get_state(request).executor
+    name = request.match_info["node_class"]
+    if name not in executor.registry:
+        return web.json_response({})
+    info = await asyncio.to_thread(executor.registry.object_info, executor.env, name)
+    return web.json_response(info)
+
+
+@routes.get("/system_stats")
+async def get_system_stats(request: web.Request) -> web.Response:
+    return web.json_response(await asyncio.to_thread(system_stats))
+
+
+@routes.get("/embeddings")
+async def embeddings(request: web.Request) -> web.Response:
+    folders = get_state(request).executor.env.folders
+    names = await asyncio.to_thread(folders.list, "embeddings")
+    return web.json_response([os.path.splitext(name)[0] for name in names])
+
+
+@routes.get("/extensions")
+async def extensions(request: web.Request) -> web.Response:
+    """Editor extension scripts; latentgraph ships none (its nodes are plain Python)."""
+    return web.json_response([])
+
+
+@routes.get("/features")
+async def features(request: web.Request) -> web.Response:
+    return web.json_response(server_feature_flags(get_state(request).options.max_upload_bytes))
+
+
+def server_feature_flags(max_upload_bytes: int) -> dict[str, Any]:
+    return {"supports_preview_metadata": True, "max_upload_size": max_upload_bytes}
+
+
+@routes.get("/models")
+async def model_folders(request: web.Request) -> web.Response:
+    return web.json_response(get_state(request).executor.env.folders.kinds())
+
+
+@routes.get("/models/{folder}")
+async def model_files(request: web.Request) -> web.Response:
+    folders = get_state(request).executor.env.folders
+    folder = request.match_info["folder"]
+    if folder not in folders.kinds():
+        raise ApiError(404, "not_found", "Unknown model folder", f"known folders: {folders.kinds()}")
+    return web.json_response(await asyncio.to_thread(folders.list, folder))

@@ -1,0 +1,201 @@
+"""Queueing and following prompts: /prompt, /queue, /interrupt, /free, /history and /jobs, in ComfyUI's shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from server.jsonio import ApiError, id_list, query_int, read_object
+from server.queue import JOB_STATUSES, DuplicatePromptId, now_ms
+from server.state import get_state
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+PROMPT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _prompt_error(message: str, details: str, kind: str = "invalid_prompt") -> ApiError:
+    return ApiError(400, kind, message, details, node_errors={})
+
+
+@routes.post("/prompt")
+async def post_prompt(request: web.Request) -> web.Response:
+    state = get_state(request)
+    body = await read_object(request, state.options.max_json_bytes)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, dict):
+        raise _prompt_error("No prompt provided", "the body needs a 'prompt' object: the workflow in API format")
+    client_id = body.get("client_id")
+    if client_id is not None and not isinstance(client_id, str):
+        raise _prompt_error("Invalid client_id", "client_id must be a string")
+    extra_data = body.get("extra_data", {})
+    if not isinstance(extra_data, dict):
+        raise _prompt_error("Invalid extra_data", "extra_data must be an object")
+    prompt_id = body.get("prompt_id")
+    if prompt_id is None:
+        prompt_id = str(uuid.uuid4())
+    elif not isinstance(prompt_id, str) or not PROMPT_ID.match(prompt_id):
+        raise _prompt_error("Invalid prompt_id", "prompt_id must be 1-128 letters, digits or ._:-")
+    number = body.get("number")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)):
+        raise _prompt_error("Invalid number", "number must be a number")
+    front = body.get("front", False)
+    if not isinstance(front, bool):
+        raise _prompt_error("Invalid front", "front must be true or false")
+    targets = body.get("partial_execution_targets")
+    if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
+        raise _prompt_error("Invalid partial_execution_targets", "partial_execution_targets must be a list of node ids")
+
+    try:
+        validation = await asyncio.to_thread(state.executor.validate, prompt, targets or None)
+    except Exception as exc:  # a node's own check raised: report it as the prompt's fault, never as a 500
+        log.info("validation raised for a queued prompt: %r", exc)
+        raise _prompt_error("Invalid prompt", f"validation failed: {type(exc).__name__}: {exc}"[:1000]) from exc
+    if not validation.ok:
+        return web.json_response(validation.as_response(), status=400)
+
+    extra_data = {**extra_data, "create_time": now_ms()}
+    if client_id:
+        extra_data["client_id"] = client_id
+    try:
+        item = state.queue.add(prompt_id, prompt, extra_data, list(validation.outputs), front=front, number=number)
+    except DuplicatePromptId as exc:
+        raise _prompt_error("Duplicate prompt_id", f"a prompt with id {prompt_id!r} is already queued or in "
+                            "history", kind="duplicate_prompt_id") from exc
+    state.broadcast_status()
+    return web.json_response({"prompt_id": item.prompt_id, "number": item.as_list()[0], "node_errors": {}})
+
+
+@routes.get("/prompt")
+async def get_prompt(request: web.Request) -> web.Response:
+    return web.json_response(get_state(request).queue_status())
+
+
+@routes.get("/queue")
+async def get_queue(request: web.Request) -> web.Response:
+    queue = get_state(request).queue
+    return web.json_response({
+        "queue_running": [item.as_list() for item in queue.items("running")],
+        "queue_pending": [item.as_list() for item in queue.items("pending")],
+    })
+
+
+@routes.post("/queue")
+async def post_queue(request: web.Request) -> web.Response:
+    state = get_state(request)
+    body = await read_object(request, state.options.max_json_bytes)
+    if body.get("clear") is True:
+        state.queue.delete_pending()
+    if "delete" in body:
+        state.queue.delete_pending(id_list(body, "delete"))
+    state.broadcast_status()
+    return web.Response(status=200)
+
+
+@routes.post("/interrupt")
+async def post_interrupt(request: web.Request) -> web.Response:
+    state = get_state(request)
+    body = await read_object(request, state.options.max_json_bytes, allow_empty=True)
+    prompt_id = body.get("prompt_id")
+    if prompt_id is not None and not isinstance(prompt_id, str):
+        raise ApiError(400, "invalid_request", "prompt_id must be a string")
+    state.worker.interrupt(prompt_id)
+    return web.Response(status=200)
+
+
+@routes.post("/free")
+async def post_free(request: web.Request) -> web.Response:
+    state = get_state(request)
+    body = await read_object(request, state.options.max_json_bytes, allow_empty=True)
+    unload, free = body.get("unload_models", False), body.get("free_memory", False)
+    if not isinstance(unload, bool) or not isinstance(free, bool):
+        raise ApiError(400, "invalid_request", "unload_models and free_memory must be true or false")
+    state.worker.request_free(cache=free, models=unload or free)
+    return web.Response(status=200)
+
+
+@routes.get("/history")
+async def get_history(request: web.Request) -> web.Response:
+    max_items = query_int(request, "max_items", None, minimum=1)
+    offset = query_int(request, "offset", None, minimum=-1)
+    history = get_state(request).queue.history(max_items, None if offset == -1 else offset)
+    return web.json_response(history)
+
+
+@routes.get("/history/{prompt_id}")
+async def get_history_item(request: web.Request) -> web.Response:
+    prompt_id = request.match_info["prompt_id"]
+    entry = get_state(request).queue.lookup(prompt_id)
+    return web.json_response({prompt_id: entry} if entry is not None else {})
+
+
+@routes.post("/history")
+async def post_history(request: web.Request) -> web.Response:
+    state = get_state(request)
+    body = await read_object(request, state.options.max_json_bytes)
+    if body.get("clear") is True:
+        state.queue.delete_history()
+    if "delete" in body:
+        state.queue.delete_history(id_list(body, "delete"))
+    return web.Response(status=200)
+
+
+@routes.get("/jobs")
+async def get_jobs(request: web.Request) -> web.Response:
+    query = request.query
+    statuses = None
+    if query.get("status"):
+        statuses = [s.strip().lower() for s in query["status"].split(",") if s.strip()]
+        invalid = [s for s in statuses if s not in JOB_STATUSES]
+        if invalid:
+            raise ApiError(400, "invalid_request", f"Invalid status value(s): {', '.join(invalid)}"[:300],
+                           f"valid values: {', '.join(JOB_STATUSES)}")
+    sort_by = query.get("sort_by", "created_at").lower()
+    if sort_by not in ("created_at", "execution_duration"):
+        raise ApiError(400, "invalid_request", "sort_by must be 'created_at' or 'execution_duration'")
+    sort_order = query.get("sort_order", "desc").lower()
+    if sort_order not in ("asc", "desc"):
+        raise ApiError(400, "invalid_request", "sort_order must be 'asc' or 'desc'")
+    limit = query_int(request, "limit", None, minimum=1)
+    offset = query_int(request, "offset", 0, minimum=0) or 0
+    jobs, total = get_state(request).queue.jobs(statuses, query.get("workflow_id"), sort_by,
+                                                sort_order == "desc", limit, offset)
+    return web.json_response({"jobs": jobs, "pagination": {"offset": offset, "limit": limit, "total": total,
+                                                           "has_more": offset + len(jobs) < total}})
+
+
+def _job_or_404(request: web.Request) -> dict[str, Any]:
+    job_id = request.match_info["job_id"]
+    job = get_state(request).queue.job(job_id)
+    if job is None:
+        raise ApiError(404, "not_found", "Job not found", f"no prompt with id {job_id!r}"[:200])
+    return job
+
+
+@routes.get("/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    state = get_state(request)
+    job = _job_or_404(request)
+    running = state.worker.current
+    if running is not None and running.item.prompt_id == job["id"] and running.progress is not None:
+        job["progress"] = running.progress
+    return web.json_response(job)
+
+
+@routes.post("/jobs/{job_id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    """Ends a job wherever it is: a pending one leaves the queue, a running one is interrupted."""
+    state = get_state(request)
+    job = _job_or_404(request)
+    if job["status"] == "pending" and state.queue.delete_pending([job["id"]]):
+        state.broadcast_status()
+        return web.json_response({"id": job["id"], "status": "cancelled"})
+    if state.worker.interrupt(job["id"]):
+        return web.json_response({"id": job["id"], "status": "interrupting"})
+    raise ApiError(409, "not_cancellable", "The job has already finished", f"its status is {job['status']}")

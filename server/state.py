@@ -1,0 +1,37 @@
+"""The objects one server instance is made of, stored on the aiohttp app so that every handler can reach them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from engine.executor import Executor
+from server.options import ServerOptions
+from server.queue import PromptQueue
+from server.worker import Worker
+from server.ws import Hub
+
+
+@dataclass
+class ServerState:
+    options: ServerOptions
+    executor: Executor
+    queue: PromptQueue
+    hub: Hub
+    worker: Worker
+
+    def queue_status(self) -> dict[str, Any]:
+        """ComfyUI's `status` payload: how many prompts are pending or running."""
+        return {"exec_info": {"queue_remaining": self.queue.remaining()}}
+
+    def broadcast_status(self) -> None:
+        self.hub.post("status", {"status": self.queue_status()})
+
+
+STATE = web.AppKey("latentgraph_state", ServerState)
+
+
+def get_state(request: web.Request) -> ServerState:
+    return request.app[STATE]

@@ -1,0 +1,172 @@
+"""The execution thread: takes prompts from the queue one at a time and runs them, off the event loop.
+
+The engine's events become WebSocket messages for the prompt's client. The closing `executing {node: null}` is
+held back until the result is in history and the queue status has gone out, as ComfyUI does, so that a client
+that fetches /history on that message always finds its outputs there.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from engine.executor import Executor
+from engine.interrupt import InterruptToken
+from engine.validate import InvalidPrompt
+from server.queue import PromptQueue, QueueItem, now_ms
+from server.ws import Hub
+
+log = logging.getLogger(__name__)
+
+HISTORY_EVENTS = ("execution_start", "execution_cached", "execution_success", "execution_error",
+                  "execution_interrupted")
+IDLE_POLL_S = 1.0
+
+
+@dataclass
+class Running:
+    item: QueueItem
+    token: InterruptToken = field(default_factory=InterruptToken)
+    node: str | None = None
+    progress: dict[str, Any] | None = None
+    last_preview: float = 0.0
+
+
+class Worker:
+    """One thread, one prompt at a time; `interrupt`, `request_free` and `stop` may be called from any thread."""
+
+    def __init__(self, executor: Executor, queue: PromptQueue, hub: Hub, on_queue_change: Callable[[], None], *,
+                 preview_interval_s: float = 0.1, preview_max_size: int = 512) -> None:
+        self.executor = executor
+        self.queue = queue
+        self.hub = hub
+        self.on_queue_change = on_queue_change
+        self.preview_interval_s = preview_interval_s
+        self.preview_max_size = preview_max_size
+        self.current: Running | None = None
+        self._free: tuple[bool, bool] | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="latentgraph-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stops after the current prompt, which is interrupted (and recorded as such)."""
+        self._stopping.set()
+        self.interrupt()
+        self.queue.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupts the running prompt (only if it is `prompt_id`, when given); False when nothing matched."""
+        with self._lock:
+            running = self.current
+            if running is None or (prompt_id is not None and running.item.prompt_id != prompt_id):
+                return False
+            running.token.set()
+            return True
+
+    def request_free(self, cache: bool, models: bool) -> None:
+        """Frees memory between prompts, never under a running one."""
+        with self._lock:
+            old = self._free or (False, False)
+            self._free = (old[0] or cache, old[1] or models)
+        self.queue.wake()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._apply_free()
+                item = self.queue.claim_next()
+                if item is None:
+                    self.queue.wait(IDLE_POLL_S)
+                    continue
+                self._run(item)
+            except Exception:  # the worker must outlive anything a prompt or the disk does to it
+                log.exception("the worker hit an unexpected error; it goes on with the next prompt")
+                time.sleep(0.1)
+
+    def _apply_free(self) -> None:
+        with self._lock:
+            request, self._free = self._free, None
+        if request is not None and any(request):
+            self.executor.free(cache=request[0], models=request[1])
+
+    def _run(self, item: QueueItem) -> None:
+        running = Running(item)
+        with self._lock:
+            self.current = running
+        sid = item.client_id
+        self.on_queue_change()
+
+        def sink(event: str, data: dict[str, Any]) -> None:
+            if event == "preview":
+                self._preview(running, data)
+                return
+            if event == "executing":
+                running.node = data.get("node")
+                if running.node is None:
+                    return  # sent once the result is in history, below
+            elif event == "progress":
+                running.progress = data
+            self.hub.post(event, data, sid)
+
+        outputs: dict[str, Any] = {}
+        error: dict[str, Any] | None = None
+        try:
+            result = self.executor.run(item.prompt, prompt_id=item.prompt_id, outputs=item.outputs or None,
+                                       sink=sink, interrupt=running.token, extra_data=item.extra_data)
+            status_str = "success" if result.status == "success" else "error"
+            messages = [m for m in result.messages if m[0] in HISTORY_EVENTS]
+            outputs, error = result.outputs, result.error
+        except Exception as exc:  # invalid by now (a file gone since queueing), or an engine fault
+            error = {
+                "prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
+                "exception_message": exc.validation.summary() if isinstance(exc, InvalidPrompt) else str(exc),
+                "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "traceback": traceback.format_exception(exc), "current_inputs": {}, "current_outputs": {},
+                "timestamp": now_ms(),
+            }
+            status_str = "error"
+            messages = [["execution_start", {"prompt_id": item.prompt_id, "timestamp": error["timestamp"]}],
+                        ["execution_error", error]]
+            self.hub.post("execution_start", messages[0][1], sid)
+            self.hub.post("execution_error", error, sid)
+        meta = {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
+                for node in outputs}
+        self.queue.finish(item.prompt_id, status_str, status_str == "success", messages, outputs, meta, error)
+        with self._lock:
+            self.current = None
+        self.on_queue_change()
+        self.hub.post("executing", {"node": None, "display_node": None, "prompt_id": item.prompt_id}, sid)
+
+    def _preview(self, running: Running, data: dict[str, Any]) -> None:
+        """Rate-limited, and encoded here in the worker thread so the event loop never spends time on it."""
+        sid = running.item.client_id
+        now = time.monotonic()
+        if now - running.last_preview < self.preview_interval_s or not self.hub.wants_previews(sid):
+            return
+        image = data.get("image")
+        if not isinstance(image, Image.Image):
+            return
+        running.last_preview = now
+        image = image.convert("RGB")
+        image.thumbnail((self.preview_max_size, self.preview_max_size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        node = data.get("node")
+        metadata = {"node_id": node, "prompt_id": running.item.prompt_id, "display_node_id": node,
+                    "parent_node_id": None, "real_node_id": node, "image_type": "image/jpeg"}
+        self.hub.post_preview(buffer.getvalue(), metadata, sid)
