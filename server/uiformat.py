@@ -1,0 +1,585 @@
+"""Conversion between the editor's UI (litegraph) workflow format and the API (prompt) format.
+
+ComfyUI converts UI to API only in the browser; doing it here lets `latentgraph run`, `convert` and `POST /prompt`
+take a workflow exactly as the editor saved it. The rules follow the editor's own `graphToPrompt`: positional
+`widgets_values` in the order of the node's widget inputs (with the UI-only control and upload values), links,
+muted nodes left out, bypassed nodes wired through by type, virtual nodes (Reroute, PrimitiveNode, Note) resolved
+away and subgraphs flattened with `outer:inner` ids. Everything is driven by ComfyUI-shaped `object_info`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
+CONTROL_NAMES = frozenset({"seed", "noise_seed"})
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload")
+NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+MODE_MUTED, MODE_BYPASSED = 2, 4
+SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE = -10, -20
+
+
+class ConversionError(ValueError):
+    """A UI workflow that cannot be turned into an API prompt; names the node when one is at fault."""
+
+    def __init__(self, message: str, node_id: str | None = None, node_type: str | None = None) -> None:
+        self.node_id, self.node_type = node_id, node_type
+        prefix = f"node {node_id} ({node_type}): " if node_id is not None else ""
+        super().__init__(prefix + message)
+
+
+def is_ui_format(data: Any) -> bool:
+    """True for an editor (litegraph) workflow, False for an API prompt or anything else."""
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+
+
+# ---------------------------------------------------------------- object_info helpers
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One entry of a node's `widgets_values`: a widget input, or the UI-only value that follows it."""
+
+    name: str
+    extra: str | None = None  # "control" or "upload" for the UI-only values
+    kind: Any = None
+
+
+def _input_specs(info: dict) -> dict[str, tuple[Any, dict]]:
+    specs: dict[str, tuple[Any, dict]] = {}
+    for section in ("required", "optional"):
+        for name, spec in (info.get("input", {}).get(section) or {}).items():
+            spec = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            specs[name] = (spec[0], options)
+    return specs
+
+
+def _input_order(info: dict) -> list[str]:
+    order = info.get("input_order")
+    if order:
+        return [*order.get("required", []), *order.get("optional", [])]
+    return [name for section in ("required", "optional") for name in (info.get("input", {}).get(section) or {})]
+
+
+def _is_widget(kind: Any, options: dict) -> bool:
+    if options.get("forceInput"):
+        return False
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _widget_default(kind: Any, options: dict) -> Any:
+    if "default" in options:
+        return options["default"]
+    choices = kind if isinstance(kind, list) else options.get("options")
+    if choices:
+        return choices[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
+
+
+def _has_control(name: str, kind: Any, options: dict) -> bool:
+    return bool(options.get("control_after_generate")) or (kind == "INT" and name in CONTROL_NAMES)
+
+
+def _widget_slots(info: dict, skip: frozenset[str] = frozenset(), extras: bool = True) -> list[_Slot]:
+    specs = _input_specs(info)
+    slots: list[_Slot] = []
+    for name in _input_order(info):
+        if name not in specs or name in skip or not _is_widget(*specs[name]):
+            continue
+        kind, options = specs[name]
+        slots.append(_Slot(name, kind=kind if isinstance(kind, str) else "COMBO"))
+        if extras and _has_control(name, kind, options):
+            slots.append(_Slot(name, "control"))
+        if extras and any(options.get(key) for key in UPLOAD_OPTIONS):
+            slots.append(_Slot(name, "upload"))
+    return slots
+
+
+def _plausible(slot: _Slot, value: Any) -> bool:
+    """Whether a value can sit in this slot; tells apart files that have or lack the UI-only values."""
+    if slot.extra == "control":
+        return isinstance(value, str) and value in CONTROL_VALUES
+    if slot.extra == "upload":
+        return value in ("image", "upload", None)
+    if slot.kind in ("INT", "FLOAT"):
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if slot.kind == "BOOLEAN":
+        return value is None or isinstance(value, bool)
+    return True
+
+
+def _greedy_assign(slots: list[_Slot], values: list[Any]) -> dict[str, Any] | None:
+    """Walk the slots, taking an optional UI-only value only where the value looks like one."""
+    named: dict[str, Any] = {}
+    i = 0
+    for slot in slots:
+        if i >= len(values):
+            break
+        if slot.extra is not None and not _plausible(slot, values[i]):
+            continue
+        if slot.extra is None:
+            named[slot.name] = values[i]
+        i += 1
+    return named if i == len(values) else None
+
+
+def widgets_to_inputs(
+    node: dict, info: dict, linked_widgets: frozenset[str], node_id: str | None = None
+) -> dict[str, Any]:
+    """Map a UI node's `widgets_values` to input names, the way the editor lays them out.
+
+    Files differ in whether linked (converted) widgets keep their place and whether the UI-only values are
+    present, so the layout whose length fits the values is taken; `widgets_values_named` wins when present.
+    """
+    node_id, node_type = node_id or str(node.get("id")), str(node.get("type"))
+    named = node.get("widgets_values_named")
+    values = node.get("widgets_values")
+    if isinstance(named, dict):
+        return dict(named)
+    if isinstance(values, dict):
+        return dict(values)
+    values = list(values or [])
+    if not values:
+        return {}
+    layouts = [
+        _widget_slots(info),
+        _widget_slots(info, skip=linked_widgets),
+        _widget_slots(info, extras=False),
+        _widget_slots(info, skip=linked_widgets, extras=False),
+    ]
+    for slots in layouts:
+        if len(slots) == len(values) and all(_plausible(s, v) for s, v in zip(slots, values)):
+            return {slot.name: value for slot, value in zip(slots, values) if slot.extra is None}
+    for slots in layouts:
+        assigned = _greedy_assign(slots, values)
+        if assigned is not None:
+            return assigned
+    names = [slot.name for slot in layouts[2]]
+    raise ConversionError(
+        f"has {len(values)} widget values {values!r} but its inputs {names} do not fit them; "
+        "the workflow was probably saved with a different version of this node",
+        node_id, node_type,
+    )
+
+
+# ---------------------------------------------------------------- UI -> API
+
+
+@dataclass
+class _Link:
+    origin_id: int
+    origin_slot: int
+    target_id: int
+    target_slot: int
+    type: Any
+
+
+@dataclass
+class _Scope:
+    """One graph level: the top-level workflow or the inside of one subgraph instance."""
+
+    prefix: str
+    nodes: dict[int, dict]
+    links: dict[int, _Link]
+    definition: dict | None = None
+    instance: dict | None = None
+    parent: _Scope | None = None
+    children: dict[int, _Scope] = field(default_factory=dict)
+
+    def full_id(self, node_id: Any) -> str:
+        return f"{self.prefix}{node_id}"
+
+
+class _Muted:
+    """A link whose source is a muted node: the input is left out, as the editor does."""
+
+
+MUTED = _Muted()
+
+
+@dataclass(frozen=True)
+class _Const:
+    value: Any
+
+
+def _parse_links(raw_links: Any) -> dict[int, _Link]:
+    links: dict[int, _Link] = {}
+    for raw in raw_links or []:
+        if isinstance(raw, dict):
+            link = _Link(raw["origin_id"], raw["origin_slot"], raw["target_id"], raw["target_slot"], raw.get("type"))
+            links[int(raw["id"])] = link
+        elif isinstance(raw, (list, tuple)) and len(raw) >= 5:
+            links[int(raw[0])] = _Link(raw[1], raw[2], raw[3], raw[4], raw[5] if len(raw) > 5 else None)
+        elif raw is not None:
+            raise ConversionError(f"link {raw!r} is neither [id, origin, slot, target, slot, type] nor an object")
+    return links
+
+
+def _node_map(nodes: Any) -> dict[int, dict]:
+    result: dict[int, dict] = {}
+    for node in nodes or []:
+        if not isinstance(node, dict) or "id" not in node or "type" not in node:
+            raise ConversionError(f"a node entry lacks 'id' or 'type': {str(node)[:120]}")
+        result[node["id"]] = node
+    return result
+
+
+class _Converter:
+    def __init__(self, workflow: dict, object_info: dict) -> None:
+        self.object_info = object_info
+        definitions = (workflow.get("definitions") or {}).get("subgraphs") or []
+        self.subgraphs: dict[str, dict] = {str(d["id"]): d for d in definitions if isinstance(d, dict) and "id" in d}
+        self.root = _Scope("", _node_map(workflow["nodes"]), _parse_links(workflow.get("links")))
+        self.prompt: dict[str, dict] = {}
+
+    def convert(self) -> dict[str, dict]:
+        self._emit_scope(self.root, depth=0)
+        return self.prompt
+
+    # ---- scopes
+
+    def _child(self, scope: _Scope, node: dict, depth: int) -> _Scope:
+        if node["id"] not in scope.children:
+            if depth > 32:
+                raise ConversionError("subgraphs nest more than 32 levels deep (a subgraph contains itself?)",
+                                      scope.full_id(node["id"]), node["type"])
+            definition = self.subgraphs[str(node["type"])]
+            scope.children[node["id"]] = _Scope(
+                f"{scope.full_id(node['id'])}:", _node_map(definition.get("nodes")),
+                _parse_links(definition.get("links")), definition, node, scope,
+            )
+        return scope.children[node["id"]]
+
+    def _emit_scope(self, scope: _Scope, depth: int) -> None:
+        for node in scope.nodes.values():
+            mode = node.get("mode", 0)
+            node_type = str(node["type"])
+            if mode in (MODE_MUTED, MODE_BYPASSED) or node_type in NOTE_TYPES:
+                continue
+            if node_type in ("Reroute", "PrimitiveNode"):
+                continue
+            if node_type in self.subgraphs:
+                self._emit_scope(self._child(scope, node, depth + 1), depth + 1)
+                continue
+            if node_type not in self.object_info:
+                if self._is_frontend_only(node):
+                    continue
+                raise ConversionError("unknown node type; install the node package that provides it",
+                                      scope.full_id(node["id"]), node_type)
+            self.prompt[scope.full_id(node["id"])] = self._emit_node(scope, node, depth)
+
+    @staticmethod
+    def _is_frontend_only(node: dict) -> bool:
+        """Nodes the editor never sends (no outputs and no inputs that are linked), like labels and notes."""
+        return not node.get("outputs") and not any(i.get("link") is not None for i in node.get("inputs") or [])
+
+    def _emit_node(self, scope: _Scope, node: dict, depth: int) -> dict:
+        node_id, node_type = scope.full_id(node["id"]), str(node["type"])
+        info = self.object_info[node_type]
+        specs = _input_specs(info)
+        ui_inputs = node.get("inputs") or []
+        linked = frozenset(i["name"] for i in ui_inputs if i.get("link") is not None and "name" in i)
+        inputs: dict[str, Any] = {}
+        for name, value in widgets_to_inputs(node, info, linked, node_id).items():
+            if name in specs:
+                inputs[name] = {"__value__": value} if isinstance(value, list) else value
+        for name in _input_order(info):
+            kind, options = specs.get(name, (None, {}))
+            if name not in inputs and name in specs and _is_widget(kind, options) and "default" in options:
+                inputs[name] = options["default"]
+        for ui_input in ui_inputs:
+            name = ui_input.get("name")
+            if name is None or ui_input.get("link") is None:
+                continue
+            want = ui_input.get("type") or (specs.get(name, (None, {}))[0])
+            source = self._follow_link(scope, ui_input["link"], want, depth, node_id, node_type)
+            if source is MUTED:
+                inputs.pop(name, None)
+            elif isinstance(source, _Const):
+                inputs[name] = {"__value__": source.value} if isinstance(source.value, list) else source.value
+            elif source is not None:
+                inputs[name] = source
+        title = node.get("title") or info.get("display_name") or node_type
+        return {"inputs": inputs, "class_type": node_type, "_meta": {"title": title}}
+
+    # ---- link resolution
+
+    def _follow_link(self, scope: _Scope, link_id: int, want: Any, depth: int, node_id: str, node_type: str) -> Any:
+        link = scope.links.get(int(link_id))
+        if link is None:
+            raise ConversionError(f"input refers to link {link_id}, which the workflow does not have",
+                                  node_id, node_type)
+        return self._source(scope, link.origin_id, link.origin_slot, want, depth, node_id, node_type, hops=0)
+
+    def _source(self, scope: _Scope, origin_id: int, origin_slot: int, want: Any, depth: int,
+                node_id: str, node_type: str, hops: int) -> Any:
+        """What feeds an input: `[id, slot]`, a `_Const`, `MUTED`, or None (nothing; the widget value stays)."""
+        if hops > 1000:
+            raise ConversionError("a loop of reroutes or bypassed nodes feeds this node", node_id, node_type)
+        if origin_id == SUBGRAPH_INPUT_NODE and scope.instance is not None and scope.parent is not None:
+            return self._from_instance_input(scope, origin_slot, want, depth, node_id, node_type, hops)
+        origin = scope.nodes.get(origin_id)
+        if origin is None:
+            raise ConversionError(f"a link comes from node {origin_id}, which the workflow does not have",
+                                  node_id, node_type)
+        origin_type = str(origin["type"])
+        mode = origin.get("mode", 0)
+        if mode == MODE_MUTED:
+            return MUTED
+        if origin_type == "PrimitiveNode":
+            values = origin.get("widgets_values") or []
+            if not values:
+                raise ConversionError("primitive node has no value", scope.full_id(origin_id), origin_type)
+            return _Const(values[0])
+        if origin_type == "Reroute" or mode == MODE_BYPASSED:
+            slot_index = 0 if origin_type == "Reroute" else self._bypass_input(origin, origin_slot, want)
+            if slot_index is None:
+                return None
+            link_id = origin["inputs"][slot_index].get("link")
+            if link_id is None:
+                return None
+            link = scope.links.get(int(link_id))
+            if link is None:
+                raise ConversionError(f"input refers to link {link_id}, which the workflow does not have",
+                                      scope.full_id(origin_id), origin_type)
+            return self._source(scope, link.origin_id, link.origin_slot, want, depth, node_id, node_type, hops + 1)
+        if origin_type in self.subgraphs:
+            inner = self._child(scope, origin, depth + 1)
+            for link in inner.links.values():
+                if link.target_id == SUBGRAPH_OUTPUT_NODE and link.target_slot == origin_slot:
+                    return self._source(inner, link.origin_id, link.origin_slot, want, depth + 1,
+                                        node_id, node_type, hops + 1)
+            return None
+        return [scope.full_id(origin_id), int(origin_slot)]
+
+    def _from_instance_input(self, scope: _Scope, slot: int, want: Any, depth: int,
+                             node_id: str, node_type: str, hops: int) -> Any:
+        instance, parent = scope.instance, scope.parent
+        assert instance is not None and parent is not None
+        inputs = instance.get("inputs") or []
+        if slot < len(inputs) and inputs[slot].get("link") is not None:
+            link = parent.links.get(int(inputs[slot]["link"]))
+            if link is None:
+                raise ConversionError(f"input refers to link {inputs[slot]['link']}, which the workflow does not have",
+                                      parent.full_id(instance["id"]), str(instance["type"]))
+            return self._source(parent, link.origin_id, link.origin_slot, want, depth - 1, node_id, node_type, hops + 1)
+        value = self._instance_widget_value(instance, scope.definition or {}, slot)
+        return None if value is None else _Const(value)
+
+    @staticmethod
+    def _instance_widget_value(instance: dict, definition: dict, slot: int) -> Any:
+        """The value a subgraph instance shows in the widget of an unlinked subgraph input, if it has one."""
+        inputs = instance.get("inputs") or []
+        values = instance.get("widgets_values")
+        if slot >= len(inputs) or not isinstance(values, list) or not inputs[slot].get("widget"):
+            return None
+        position = sum(1 for i in inputs[:slot] if i.get("widget"))
+        return values[position] if position < len(values) else None
+
+    @staticmethod
+    def _bypass_input(node: dict, origin_slot: int, want: Any) -> int | None:
+        """The input a bypassed node passes through: the same slot if its type fits, else the first that does."""
+        inputs = node.get("inputs") or []
+        for index in [origin_slot, *range(len(inputs))]:
+            if 0 <= index < len(inputs) and _same_type(inputs[index].get("type"), want):
+                return index
+        return None
+
+
+def _type_name(kind: Any) -> Any:
+    return "COMBO" if isinstance(kind, list) else kind
+
+
+def _same_type(a: Any, b: Any) -> bool:
+    a, b = _type_name(a), _type_name(b)
+    return a is not None and b is not None and (a == b or a == "*" or b == "*")
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict[str, dict]:
+    """The API prompt the editor would queue for this UI workflow. Raises ConversionError naming the node."""
+    if not is_ui_format(workflow):
+        raise ConversionError("not an editor (UI format) workflow: expected an object with 'nodes' and 'links'")
+    return _Converter(workflow, object_info).convert()
+
+
+# ---------------------------------------------------------------- API -> UI
+
+COLUMN_GAP, ROW_GAP, NODE_WIDTH, LEFT, TOP = 80, 40, 320, 40, 40
+SLOT_HEIGHT, WIDGET_HEIGHT, TITLE_HEIGHT, MULTILINE_HEIGHT = 22, 26, 30, 110
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _unwrap(value: Any) -> Any:
+    return value["__value__"] if isinstance(value, dict) and set(value) == {"__value__"} else value
+
+
+def _depths(prompt: dict[str, dict]) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(node_id: str, trail: frozenset[str]) -> int:
+        if node_id in depth:
+            return depth[node_id]
+        if node_id in trail:
+            raise ConversionError("is part of a cycle", node_id, prompt[node_id].get("class_type"))
+        parents = [v[0] for v in prompt[node_id].get("inputs", {}).values() if _is_link(v) and v[0] in prompt]
+        depth[node_id] = 1 + max((visit(p, trail | {node_id}) for p in parents), default=-1)
+        return depth[node_id]
+
+    for node_id in prompt:
+        visit(node_id, frozenset())
+    # A node with no inputs sits just left of its first consumer (an empty latent beside the prompts).
+    for node_id in prompt:
+        if depth[node_id] == 0:
+            children = [depth[c] for c, node in prompt.items()
+                        if any(_is_link(v) and v[0] == node_id for v in node.get("inputs", {}).values())]
+            if children:
+                depth[node_id] = min(children) - 1
+    return depth
+
+
+def _sort_key(node_id: str) -> tuple[int, Any]:
+    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+
+
+def _node_height(info: dict, n_inputs: int, n_outputs: int) -> int:
+    specs = _input_specs(info)
+    widgets = [n for n in _input_order(info) if n in specs and _is_widget(*specs[n])]
+    multiline = sum(1 for n in widgets if specs[n][1].get("multiline"))
+    sockets = max(n_inputs - len(widgets), n_outputs)
+    return TITLE_HEIGHT + SLOT_HEIGHT * sockets + WIDGET_HEIGHT * len(widgets) + MULTILINE_HEIGHT * multiline + 10
+
+
+def api_to_ui(prompt: dict[str, dict], object_info: dict) -> dict[str, Any]:
+    """A UI-format workflow for an API prompt, laid out in columns by topological depth, left to right.
+
+    Numeric node ids are kept so that converting back gives the same prompt; others are numbered after them.
+    """
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or node.get("class_type") not in object_info:
+            node_type = node.get("class_type") if isinstance(node, dict) else None
+            raise ConversionError("unknown node type; cannot lay out its widgets", node_id, node_type)
+    ids = sorted(prompt, key=_sort_key)
+    numeric = [int(i) for i in ids if i.isdigit()]
+    next_id = max(numeric, default=0) + 1
+    ui_id: dict[str, int] = {}
+    for node_id in ids:
+        if node_id.isdigit():
+            ui_id[node_id] = int(node_id)
+        else:
+            ui_id[node_id], next_id = next_id, next_id + 1
+
+    links: list[list[Any]] = []
+    out_links: dict[tuple[str, int], list[int]] = defaultdict(list)
+    in_link: dict[tuple[str, str], int] = {}
+    for node_id in ids:
+        for name, value in prompt[node_id].get("inputs", {}).items():
+            if _is_link(value) and value[0] in prompt:
+                origin, slot = value
+                outputs = object_info[prompt[origin]["class_type"]].get("output") or []
+                kind = outputs[slot] if slot < len(outputs) else "*"
+                link_id = len(links) + 1
+                links.append([link_id, ui_id[origin], slot, ui_id[node_id], None, _type_name(kind)])
+                out_links[(origin, slot)].append(link_id)
+                in_link[(node_id, name)] = link_id
+
+    depth = _depths(prompt)
+    columns: dict[int, list[str]] = defaultdict(list)
+    for node_id in ids:
+        columns[depth[node_id]].append(node_id)
+
+    nodes: list[dict] = []
+    row_of: dict[str, float] = {}
+    link_by_id = {link[0]: link for link in links}
+    x = LEFT
+    for column in sorted(columns):
+        members = columns[column]
+
+        def barycentre(node_id: str) -> tuple[float, tuple[int, Any]]:
+            parents = [row_of[v[0]] for v in prompt[node_id].get("inputs", {}).values()
+                       if _is_link(v) and v[0] in row_of]
+            return (sum(parents) / len(parents) if parents else 0.0, _sort_key(node_id))
+
+        members.sort(key=barycentre)
+        y = TOP
+        for node_id in members:
+            node = _ui_node(node_id, prompt[node_id], object_info, ui_id, in_link, out_links, link_by_id)
+            node["pos"] = [x, y]
+            node["order"] = len(nodes)
+            row_of[node_id] = y
+            y += node["size"][1] + ROW_GAP
+            nodes.append(node)
+        x += NODE_WIDTH + COLUMN_GAP
+    nodes.sort(key=lambda n: n["id"])
+    return {
+        "last_node_id": max(ui_id.values(), default=0),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+
+
+def _ui_node(node_id: str, node: dict, object_info: dict, ui_id: dict[str, int], in_link: dict[tuple[str, str], int],
+             out_links: dict[tuple[str, int], list[int]], link_by_id: dict[int, list[Any]]) -> dict[str, Any]:
+    class_type = node["class_type"]
+    info = object_info[class_type]
+    specs = _input_specs(info)
+    values = node.get("inputs", {})
+    ui_inputs: list[dict[str, Any]] = []
+    widgets_values: list[Any] = []
+    names = _input_order(info) + [n for n in values if n not in _input_order(info) and _is_link(values[n])]
+    for name in names:
+        kind, options = specs.get(name, ("*", {}))
+        link_id = in_link.get((node_id, name))
+        widget = name in specs and _is_widget(kind, options)
+        if not widget and link_id is None and name not in specs:
+            continue
+        entry: dict[str, Any] = {"name": name, "type": _type_name(kind), "link": link_id}
+        if widget:
+            entry["widget"] = {"name": name}
+            value = _unwrap(values[name]) if name in values and not _is_link(values[name]) \
+                else _widget_default(kind, options)
+            widgets_values.append(value)
+            if _has_control(name, kind, options):
+                widgets_values.append("fixed")
+            if any(options.get(key) for key in UPLOAD_OPTIONS):
+                widgets_values.append("image")
+        if link_id is not None:
+            link_by_id[link_id][4] = len(ui_inputs)
+        ui_inputs.append(entry)
+    outputs = []
+    for slot, kind in enumerate(info.get("output") or []):
+        names_out = info.get("output_name") or []
+        outputs.append({
+            "name": names_out[slot] if slot < len(names_out) else str(kind),
+            "type": _type_name(kind),
+            "links": out_links.get((node_id, slot), []),
+            "slot_index": slot,
+        })
+    n_widgets = sum(1 for i in ui_inputs if "widget" in i)
+    height = _node_height(info, len(ui_inputs), len(outputs)) if n_widgets or ui_inputs or outputs else 60
+    title = (node.get("_meta") or {}).get("title") or info.get("display_name") or class_type
+    return {
+        "id": ui_id[node_id],
+        "type": class_type,
+        "title": title,
+        "pos": [0, 0],
+        "size": [NODE_WIDTH, height],
+        "flags": {},
+        "order": 0,
+        "mode": 0,
+        "inputs": ui_inputs,
+        "outputs": outputs,
+        "properties": {"Node name for S&R": class_type},
+        "widgets_values": widgets_values,
+    }
