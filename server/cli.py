@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "server.commands.check",
     "server.commands.nodes",
     "server.commands.serve",
+    "server.commands.convert",
 ]
 
 
