@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 
 BUILTIN_MODULES = [
     "nodes.image",
+    "nodes.sd.loader_nodes",
+    "nodes.sd.text_nodes",
+    "nodes.sd.sampler_nodes",
+    "nodes.sd.latent_nodes",
+    "nodes.sd.vae_nodes",
+    "nodes.sd.image_nodes",
 ]
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"

@@ -107,7 +107,8 @@ class CheckpointInfo:
 
 
 def is_diffusers_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "model_index.json").is_file() and (path / "unet").is_dir()
+    return path.is_dir() and (path / "model_index.json").is_file() and \
+        ((path / "unet").is_dir() or (path / "transformer").is_dir())
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -116,7 +117,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def inspect_checkpoint(path: Path) -> CheckpointInfo:
     """Reads what a checkpoint is without loading its weights."""
+    from nodes.sd.families import inspect_family, unknown_file  # SDXL/SD3 build on this module
+
     path = Path(path)
+    family = inspect_family(path)
+    if family is not None:
+        return family
     if is_diffusers_folder(path):
         text = _read_json(path / "text_encoder" / "config.json")
         family = "sd2" if text.get("hidden_act") == "gelu" else "sd1"
@@ -132,7 +138,10 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     tensors = TensorFile(path)
-    detected = detect(tensors.shapes, tensors.metadata, tensors.read_one)
+    try:
+        detected = detect(tensors.shapes, tensors.metadata, tensors.read_one)
+    except UnknownCheckpoint as error:
+        raise unknown_file(path, tensors.shapes, str(error)) from None
     configs = {"unet": detected.unet, "vae": detected.vae, "text_encoder": detected.text_encoder,
                "scheduler": detected.scheduler}
     return CheckpointInfo(path, "single", detected.family, detected.prediction_type, configs, detected,
@@ -214,6 +223,10 @@ def _text_state(info: CheckpointInfo, model: torch.nn.Module) -> dict[str, torch
 
 def load_component(info: CheckpointInfo, component: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """One component ("unet", "vae" or "text_encoder") of a checkpoint, on the CPU, in eval mode."""
+    if info.family in ("sdxl", "sdxl_refiner", "sd3"):
+        from nodes.sd.families import load_family_component
+
+        return load_family_component(info, component, dtype)
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}")
     if info.kind == "diffusers":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from nodes.sd.checkpoint_save import save_single_file
@@ -59,3 +60,27 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, dtype: torch.dtype | None =
     """Writes the tiny model as a single-file LDM-layout safetensors checkpoint (the bundled default's format)."""
     parts = build_tiny_pipeline_components(seed)
     return save_single_file(parts.unet, parts.vae, parts.text_encoder, Path(path), dtype=dtype)
+
+
+def write_random_lora(path: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module, rank: int = 4,
+                      seed: int = 0, scale: float = 0.5) -> Path:
+    """A kohya-format LoRA with random low-rank factors on every attention projection of both models.
+
+    Made for a given model (e.g. the bundled one) so that the LoRA workflow and tests have a LoRA that fits.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    targets = [("lora_unet_", unet, ("to_q", "to_k", "to_v", "to_out.0")),
+               ("lora_te_text_model_", text_encoder, ("q_proj", "k_proj", "v_proj", "out_proj"))]
+    for prefix, model, suffixes in targets:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith(suffixes):
+                base = prefix + name.replace(".", "_")
+                out_features, in_features = module.weight.shape
+                tensors[base + ".lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+                tensors[base + ".lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+                tensors[base + ".alpha"] = torch.tensor(float(rank))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

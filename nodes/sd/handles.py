@@ -1,0 +1,141 @@
+"""MODEL, CLIP and VAE values: light handles naming a checkpoint component, not the weights themselves.
+
+A handle says which file and which part of it, in which dtype, plus the patches (LoRAs) to apply while it runs.
+The weights live in the model manager (engine/models.py), shared by every node and run and loaded once per file
+content; a handle asks for them in `use()`. Handles are small, so the executor's cache keeps them cheaply, and
+two handles for the same file share the same loaded weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.context import Environment
+from engine.devices import weight_dtype
+from engine.models import ModelManager
+from nodes.sd.checkpoint import CheckpointInfo, inspect_checkpoint, load_component, load_vae_file
+from nodes.sd.lora import LoraPatch, patched
+
+HANDLE_BYTES = 1024
+_INFO_CACHE: dict[str, CheckpointInfo] = {}
+
+
+def model_manager(env: Environment) -> ModelManager:
+    """The environment's shared model manager."""
+    return env.service("models", lambda _env: ModelManager())
+
+
+def checkpoint_info(path: Path, identity: str) -> CheckpointInfo:
+    """Header facts of a checkpoint, read once per file content."""
+    info = _INFO_CACHE.get(identity)
+    if info is None:
+        info = inspect_checkpoint(path)
+        _INFO_CACHE[identity] = info
+    return info
+
+
+@dataclass(frozen=True)
+class Component:
+    """One loadable part of a checkpoint file (or a standalone VAE file)."""
+
+    path: Path
+    identity: str
+    part: str  # "unet", "vae", "text_encoder" or "vae_file"
+    dtype: torch.dtype
+
+    @property
+    def key(self) -> str:
+        return f"{self.identity}#{self.part}#{self.dtype}"
+
+    def loader(self) -> Callable[[], torch.nn.Module]:
+        def load() -> torch.nn.Module:
+            if self.part == "vae_file":
+                return load_vae_file(self.path, self.dtype)
+            return load_component(checkpoint_info(self.path, self.identity), self.part, self.dtype)
+        return load
+
+
+def component(path: Path, identity: str, part: str, manager: ModelManager) -> Component:
+    fragile = part in ("vae", "vae_file")
+    return Component(Path(path), identity, part, weight_dtype(manager.device, fragile=fragile))
+
+
+@dataclass(frozen=True)
+class _Handle:
+    component: Component
+    env: Environment = field(compare=False, repr=False)
+
+    def cache_bytes(self) -> int:
+        return HANDLE_BYTES
+
+    @property
+    def manager(self) -> ModelManager:
+        return model_manager(self.env)
+
+    def preload(self) -> None:
+        """Loads the weights now, so that a broken file fails at the loader node."""
+        self.manager.get(self.component.key, self.component.loader())
+
+
+@dataclass(frozen=True)
+class ModelHandle(_Handle):
+    """MODEL: the denoising UNet, its noise schedule, and LoRA patches."""
+
+    scheduler_config: dict[str, Any] = field(default_factory=dict, compare=False)
+    family: str = "sd1"
+    latent_scale: float = 0.18215
+    patches: tuple[LoraPatch, ...] = ()
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    def with_patch(self, patch: LoraPatch) -> ModelHandle:
+        return replace(self, patches=(*self.patches, patch))
+
+    @contextmanager
+    def use(self) -> Iterator[torch.nn.Module]:
+        with self.manager.use(self.component.key, self.component.loader()) as unet:
+            with patched(unet, self.patches) if self.patches else nullcontext():
+                yield unet
+
+
+@dataclass(frozen=True)
+class ClipHandle(_Handle):
+    """CLIP: the text encoder, the tokenizer's padding, the layer to read from, and LoRA patches."""
+
+    family: str = "sd1"
+    layer: int = -1
+    patches: tuple[LoraPatch, ...] = ()
+
+    @property
+    def pad_token(self) -> str | None:
+        return "!" if self.family == "sd2" else None
+
+    def with_patch(self, patch: LoraPatch) -> ClipHandle:
+        return replace(self, patches=(*self.patches, patch))
+
+    def with_layer(self, layer: int) -> ClipHandle:
+        return replace(self, layer=layer)
+
+    @contextmanager
+    def use(self) -> Iterator[torch.nn.Module]:
+        with self.manager.use(self.component.key, self.component.loader()) as encoder:
+            with patched(encoder, self.patches) if self.patches else nullcontext():
+                yield encoder
+
+
+@dataclass(frozen=True)
+class VaeHandle(_Handle):
+    """VAE: the autoencoder between pixels and latents."""
+
+    @contextmanager
+    def use(self) -> Iterator[torch.nn.Module]:
+        with self.manager.use(self.component.key, self.component.loader()) as vae:
+            yield vae

@@ -1,0 +1,99 @@
+"""ComfyUI's sampler and scheduler names, mapped onto diffusers schedulers.
+
+A sampler name picks a diffusers scheduler class (and its solver options); a scheduler name picks how its timesteps
+or noise levels are spaced. Not every class can space its steps every way (DDIM has no Karras sigmas, for
+example); `supported_schedulers` says which pairs exist, and the sampler nodes refuse the others at validation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from functools import cache
+from typing import Any
+
+import diffusers
+
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_ancestral": ("KDPM2AncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "dpmpp_3m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    "ddpm": ("DDPMScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1"}),
+    "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
+}
+
+# ComfyUI "normal" spaces timesteps evenly from the last to the first; "simple" and "sgm_uniform" step back from
+# the last timestep in equal strides; "ddim_uniform" steps forward from 1 in equal strides. Karras, exponential and
+# beta spacings span the whole noise range, from the first training timestep's noise level to the last's.
+SCHEDULERS: dict[str, dict[str, Any]] = {
+    "normal": {"timestep_spacing": "linspace"},
+    "karras": {"use_karras_sigmas": True, "timestep_spacing": "linspace"},
+    "exponential": {"use_exponential_sigmas": True, "timestep_spacing": "linspace"},
+    "sgm_uniform": {"timestep_spacing": "trailing"},
+    "simple": {"timestep_spacing": "trailing"},
+    "ddim_uniform": {"timestep_spacing": "leading"},
+    "beta": {"use_beta_sigmas": True, "timestep_spacing": "linspace"},
+}
+
+SAMPLER_NAMES = tuple(SAMPLERS)
+SCHEDULER_NAMES = tuple(SCHEDULERS)
+_NEEDS = {"dpmpp_sde": "torchsde", "beta": "scipy"}
+# LCM keeps its own timestep grid; it takes the uniform spacings, all of which give that grid.
+_ONLY = {"lcm": ("normal", "sgm_uniform", "simple")}
+
+
+@cache
+def _parameters(class_name: str) -> frozenset[str]:
+    return frozenset(inspect.signature(getattr(diffusers, class_name).__init__).parameters)
+
+
+def _missing_package(name: str) -> str | None:
+    package = _NEEDS.get(name)
+    return package if package and importlib.util.find_spec(package) is None else None
+
+
+def supported_schedulers(sampler: str) -> list[str]:
+    class_name, _ = SAMPLERS[sampler]
+    allowed = _ONLY.get(sampler, SCHEDULER_NAMES)
+    return [s for s in allowed
+            if all(k in _parameters(class_name) for k in SCHEDULERS[s]) and _missing_package(s) is None]
+
+
+def combination_error(sampler: str, scheduler: str) -> str | None:
+    """Why a sampler/scheduler pair cannot run, or None."""
+    if sampler not in SAMPLERS:
+        return f"unknown sampler {sampler!r}; known: {', '.join(SAMPLER_NAMES)}"
+    if scheduler not in SCHEDULERS:
+        return f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULER_NAMES)}"
+    package = _missing_package(sampler)
+    if package:
+        return f"sampler {sampler} needs the Python package {package} (pip install {package})"
+    supported = supported_schedulers(sampler)
+    if scheduler not in supported:
+        return (f"scheduler {scheduler} is not supported with sampler {sampler}; "
+                f"supported schedulers for {sampler}: {', '.join(supported)}")
+    return None
+
+
+def make_scheduler(sampler: str, scheduler: str, base_config: dict[str, Any]) -> Any:
+    """A fresh diffusers scheduler for the pair, on the model's noise schedule (betas, prediction type)."""
+    error = combination_error(sampler, scheduler)
+    if error:
+        raise ValueError(error)
+    class_name, sampler_options = SAMPLERS[sampler]
+    params = _parameters(class_name)
+    config = {k: v for k, v in base_config.items() if k in params}
+    config.update(sampler_options)
+    config.update(SCHEDULERS[scheduler])
+    return getattr(diffusers, class_name)(**config)

@@ -1,0 +1,65 @@
+"""Text conditioning nodes: prompt encoding, CLIP layer choice, combining conditionings."""
+
+from __future__ import annotations
+
+from engine.context import RunContext
+from engine.node import Input, Node
+from engine.types import Clip, Conditioning
+from nodes.sd.families import MultiClipHandle
+from nodes.sd.prompt import encode_prompt
+from nodes.sd.tokenizer import load_clip_tokenizer
+
+
+class CLIPTextEncode(Node):
+    """Encodes a prompt with the CLIP text encoder into conditioning for the sampler.
+
+    Supports (emphasis), (weight:1.2), [de-emphasis], prompts longer than 77 tokens and embedding:name.
+    """
+
+    CATEGORY = "conditioning"
+    DISPLAY_NAME = "CLIP Text Encode (Prompt)"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    text: str = Input("", multiline=True, dynamic_prompts=True, tooltip="The text to be encoded.")
+    clip: Clip
+
+    def execute(self, ctx: RunContext) -> tuple:
+        if isinstance(self.clip, MultiClipHandle):
+            context, pooled = self.clip.encode(self.text, ctx.env.folders)
+            return ([[context, {"pooled_output": pooled}]],)
+        with self.clip.use() as encoder:
+            embeddings = encode_prompt(self.text, encoder, load_clip_tokenizer(self.clip.pad_token),
+                                       self.clip.layer, ctx.env.folders)
+        return ([[embeddings, {"pooled_output": None}]],)
+
+
+class CLIPSetLastLayer(Node):
+    """Makes the text encoder stop at an earlier layer (-1: last, -2: penultimate, "CLIP skip" 2)."""
+
+    CATEGORY = "conditioning"
+    DISPLAY_NAME = "CLIP Set Last Layer"
+    RETURN_TYPES = ("CLIP",)
+
+    clip: Clip
+    stop_at_clip_layer: int = Input(-1, ge=-24, le=-1, step=1)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        with self.clip.use() as encoder:
+            layers = encoder.config.num_hidden_layers
+        if -self.stop_at_clip_layer > layers:
+            raise ValueError(f"stop_at_clip_layer {self.stop_at_clip_layer}: this text encoder has {layers} layers")
+        return (self.clip.with_layer(self.stop_at_clip_layer),)
+
+
+class ConditioningCombine(Node):
+    """Combines two conditionings; the sampler averages the model's predictions for each."""
+
+    CATEGORY = "conditioning"
+    DISPLAY_NAME = "Conditioning (Combine)"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning_1: Conditioning
+    conditioning_2: Conditioning
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return (list(self.conditioning_1) + list(self.conditioning_2),)
