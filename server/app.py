@@ -12,7 +12,7 @@ from aiohttp import web
 
 from engine.executor import DEFAULT_CACHE_BYTES, Executor
 from nodes import load_registry, make_environment
-from server import openapi, routes_files, routes_info, routes_queue
+from server import editor, openapi, routes_files, routes_info, routes_queue
 from server.jsonio import json_errors
 from server.options import ServerOptions, is_loopback
 from server.queue import PromptQueue
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 def create_app(options: ServerOptions) -> web.Application:
     """The whole server as an aiohttp app; the worker thread starts and stops with the app."""
     registry = options.registry if options.registry is not None else load_registry()
-    executor = Executor(registry, make_environment(options.base_dir), cache_bytes=options.cache_bytes or
-                        DEFAULT_CACHE_BYTES)
+    env = options.environment if options.environment is not None else make_environment(options.base_dir)
+    executor = Executor(registry, env, cache_bytes=options.cache_bytes or DEFAULT_CACHE_BYTES)
     queue = PromptQueue(options.database_path, options.history_limit)
     hub = Hub()
     state = ServerState(options, executor, queue, hub, worker=None)  # type: ignore[arg-type]
@@ -46,6 +46,7 @@ def create_app(options: ServerOptions) -> web.Application:
     for table in (routes_queue.routes, routes_files.routes, routes_info.routes, openapi.routes):
         add_api_routes(app, table)
     add_websocket_route(app)
+    editor.add_routes(app)
 
     async def start(app: web.Application) -> None:
         hub.attach(asyncio.get_running_loop())

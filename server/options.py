@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.context import Environment
 from engine.registry import Registry
 
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
@@ -40,6 +41,7 @@ class ServerOptions:
     preview_max_size: int = 512
     cache_bytes: int | None = None
     registry: Registry | None = None
+    environment: Environment | None = None
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir).resolve()

@@ -12,9 +12,10 @@ import torch
 from aiohttp import web
 from PIL import Image
 
-from engine.context import RunContext
+from engine.context import Environment, RunContext
 from engine.node import Input, Node
 from engine.registry import Registry
+from nodes import image as image_nodes
 from nodes import load_registry
 from server.app import create_app
 from server.options import ServerOptions
@@ -45,8 +46,15 @@ class SlowImage(Node):
         return (torch.full((1, 8, 8, 3), self.value),)
 
 
-def make_registry() -> Registry:
-    registry = load_registry(plugins=False)
+def make_registry(full: bool = True) -> Registry:
+    """Every built-in node plus the test nodes; `full=False` takes only the image nodes (no diffusion imports),
+    for server processes that must start fast."""
+    if full:
+        registry = load_registry(plugins=False)
+    else:
+        registry = Registry()
+        for cls in (image_nodes.LoadImage, image_nodes.SaveImage, image_nodes.PreviewImage, image_nodes.ImageScale):
+            registry.register(cls)
     registry.register(SlowImage)
     return registry
 
@@ -78,8 +86,11 @@ def slow_prompt(steps: int = 10, delay_ms: int = 5, prefix: str = "slow", previe
     }
 
 
-def options_for(base_dir: Path, **overrides: Any) -> ServerOptions:
-    return ServerOptions(base_dir=base_dir, registry=make_registry(), **overrides)
+def options_for(base_dir: Path, full: bool = True, **overrides: Any) -> ServerOptions:
+    """Options for a test server; `full=False` also skips the node packages' environment hooks (fast start)."""
+    if not full:
+        overrides.setdefault("environment", Environment(base_dir))
+    return ServerOptions(base_dir=base_dir, registry=make_registry(full), **overrides)
 
 
 class ThreadedServer:
