@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.editor import accept_ui_workflow
 from server.jsonio import ApiError, id_list, query_int, read_object
 from server.queue import JOB_STATUSES, DuplicatePromptId, now_ms
 from server.state import get_state
@@ -27,7 +28,7 @@ def _prompt_error(message: str, details: str, kind: str = "invalid_prompt") -> A
 @routes.post("/prompt")
 async def post_prompt(request: web.Request) -> web.Response:
     state = get_state(request)
-    body = await read_object(request, state.options.max_json_bytes)
+    body = await accept_ui_workflow(await read_object(request, state.options.max_json_bytes), request)
     prompt = body.get("prompt")
     if not isinstance(prompt, dict):
         raise _prompt_error("No prompt provided", "the body needs a 'prompt' object: the workflow in API format")
@@ -152,7 +153,7 @@ async def get_jobs(request: web.Request) -> web.Response:
     statuses = None
     if query.get("status"):
         statuses = [s.strip().lower() for s in query["status"].split(",") if s.strip()]
-        invalid = [s for s in statuses if s not in JOB_STATUSES]
+        invalid = [s for s in statuses if s not in (*JOB_STATUSES, "cancelled")]  # the editor asks for cancelled
         if invalid:
             raise ApiError(400, "invalid_request", f"Invalid status value(s): {', '.join(invalid)}"[:300],
                            f"valid values: {', '.join(JOB_STATUSES)}")
