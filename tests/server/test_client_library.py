@@ -1,0 +1,77 @@
+"""Published ComfyUI clients against `latentgraph serve`, used as a new user would, without changes to them:
+comfy-api-simplified (PyPI) queues the shipped txt2img workflow and gets the image back; plain HTTP (what curl
+does) queues the same workflow and fetches the image through /view."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.server.test_persistence import ServerProcess
+
+comfy_api_simplified = pytest.importorskip("comfy_api_simplified")
+
+ROOT = Path(__file__).resolve().parents[2]
+TXT2IMG = ROOT / "workflows" / "txt2img.json"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`latentgraph serve` itself, as a subprocess on 127.0.0.1 with a free port."""
+    base = tmp_path_factory.mktemp("serve")
+    server = ServerProcess(base, "-m", "server", "serve", "--base-dir", str(base), "--port", "0")
+    yield server
+    assert server.stop(signal.SIGTERM) == 0
+
+
+def small(workflow: dict) -> None:
+    """Fewer steps and pixels, so the test stays quick on a CPU; the graph is the shipped one."""
+    workflow.set_node_param("KSampler", "steps", 2)
+    workflow.set_node_param("Empty Latent Image", "width", 64)
+    workflow.set_node_param("Empty Latent Image", "height", 64)
+
+
+def test_comfy_api_simplified_gets_the_image(served):
+    from comfy_api_simplified import ComfyApiWrapper, ComfyWorkflowWrapper
+
+    api = ComfyApiWrapper(served.url)
+    workflow = ComfyWorkflowWrapper(str(TXT2IMG))
+    small(workflow)
+    workflow.set_node_param("Save Image", "filename_prefix", "library")
+    images = api.queue_and_wait_images(workflow, "Save Image")
+    assert len(images) == 1
+    name, data = next(iter(images.items()))
+    assert name.startswith("library_")
+    assert Image.open(io.BytesIO(data)).size == (64, 64)
+    assert api.get_queue() == {"queue_running": [], "queue_pending": []}
+    assert "KSampler" in api.get_object_info("KSampler")
+
+
+def test_plain_http_like_curl(served):
+    from comfy_api_simplified import ComfyWorkflowWrapper
+
+    workflow = ComfyWorkflowWrapper(str(TXT2IMG))
+    small(workflow)
+    request = urllib.request.Request(served.url + "/prompt", data=json.dumps({"prompt": workflow}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        prompt_id = json.loads(response.read())["prompt_id"]
+    deadline = time.monotonic() + 300
+    while True:
+        entry = served.get(f"/history/{prompt_id}")[prompt_id]
+        if entry["status"]["completed"] or entry["status"]["status_str"] == "error":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    image = entry["outputs"]["9"]["images"][0]
+    with urllib.request.urlopen(served.url + "/view?" + urllib.parse.urlencode(image), timeout=30) as response:
+        assert Image.open(io.BytesIO(response.read())).size == (64, 64)
