@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import REPO, make_base_dir, median, report, sd_nodes_available, seconds, txt2img
+from common import REPO, bench_threads, make_base_dir, median, report, sd_nodes_available, seconds, txt2img
 
 IMPORTS = {
     "python (no imports)": "pass",
@@ -41,7 +41,8 @@ def latentgraph_command() -> list[str]:
 
 
 def child_env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    threads = str(bench_threads())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
