@@ -24,6 +24,8 @@ BUILTIN_MODULES = [
     "nodes.sd.latent_nodes",
     "nodes.sd.vae_nodes",
     "nodes.sd.image_nodes",
+    "nodes.sd.nodes_sdxl",
+    "nodes.sd.nodes_sd3",
 ]
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"

@@ -53,8 +53,9 @@ def tiny_sdxl(refiner: bool = False, seed: int = 0) -> dict[str, Any]:
 
 def tiny_t5(seed: int = 0, width: int = 48) -> T5EncoderModel:
     torch.manual_seed(seed)
-    return T5EncoderModel(T5Config(d_model=width, d_ff=37, d_kv=8, num_heads=4, num_layers=2, vocab_size=64,
-                                   feed_forward_proj="gated-gelu", is_encoder_decoder=False)).eval().requires_grad_(False)
+    config = T5Config(d_model=width, d_ff=37, d_kv=8, num_heads=4, num_layers=2, vocab_size=64,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    return T5EncoderModel(config).eval().requires_grad_(False)
 
 
 def write_t5_tokenizer(folder: Path) -> Path:
