@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -280,6 +283,59 @@ async def node_package_templates(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+# ---------------------------------------------------------------- the editor's internal routes (paths, logs)
+
+
+class LogBuffer(logging.Handler):
+    """The server's recent log records, for the editor's terminal panel (`/internal/logs`)."""
+
+    def __init__(self, capacity: int = 2000) -> None:
+        super().__init__(logging.INFO)
+        self.records: deque[dict[str, str]] = deque(maxlen=capacity)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stamp = datetime.fromtimestamp(record.created, timezone.utc).isoformat()
+        self.records.append({"t": stamp, "m": self.format(record) + "\n"})
+
+
+LOGS = web.AppKey("latentgraph_editor_logs", LogBuffer)
+internal_routes = web.RouteTableDef()
+
+
+@internal_routes.get("/internal/folder_paths")
+async def folder_paths(request: web.Request) -> web.Response:
+    folders = get_state(request).executor.env.folders
+    return web.json_response({kind: [str(f) for f in folders.folders(kind)] for kind in folders.kinds()})
+
+
+@internal_routes.get("/internal/files/{kind}")
+async def internal_files(request: web.Request) -> web.Response:
+    folders = get_state(request).executor.env.folders
+    roots = {"input": folders.input_dir, "output": folders.output_dir, "temp": folders.temp_dir}
+    root = roots.get(request.match_info["kind"])
+    if root is None:
+        raise ApiError(400, "invalid_type", "Unknown folder", "use input, output or temp")
+    names = await asyncio.to_thread(lambda: sorted(p.name for p in root.iterdir() if p.is_file()))
+    return web.json_response(names)
+
+
+@internal_routes.get("/internal/logs")
+async def logs_text(request: web.Request) -> web.Response:
+    return web.json_response("".join(r["m"] for r in request.app[LOGS].records))
+
+
+@internal_routes.get("/internal/logs/raw")
+async def logs_raw(request: web.Request) -> web.Response:
+    return web.json_response({"entries": list(request.app[LOGS].records), "size": {"cols": 120, "rows": 40}})
+
+
+@internal_routes.patch("/internal/logs/subscribe")
+async def logs_subscribe(request: web.Request) -> web.Response:
+    """The editor asks for live log lines; it shows the buffered ones from /internal/logs/raw instead."""
+    return web.json_response({})
+
+
 # ---------------------------------------------------------------- templates
 
 
@@ -404,7 +460,19 @@ def _static_handler(path: Path) -> Callable[[web.Request], Any]:
 def add_routes(app: web.Application) -> None:
     """The editor's routes: user state, templates, and the static editor at `/` (or a page on how to install it)."""
     add_api_routes(app, routes)
+    app.router.add_routes(internal_routes)
     app.router.add_get("/templates/{name}", templates)
+    buffer = LogBuffer()
+    app[LOGS] = buffer
+
+    async def attach_logs(app: web.Application) -> None:
+        logging.getLogger().addHandler(buffer)
+
+    async def detach_logs(app: web.Application) -> None:
+        logging.getLogger().removeHandler(buffer)
+
+    app.on_startup.append(attach_logs)
+    app.on_cleanup.append(detach_logs)
     static = frontend_dir()
 
     async def index(request: web.Request) -> web.StreamResponse:
