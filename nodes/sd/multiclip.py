@@ -7,7 +7,7 @@ compute them:
 
 - SDXL base: hidden = concat(CLIP-L, bigG) along the feature axis (768 + 1280 = 2048), pooled = bigG's projection;
 - SDXL refiner: bigG only;
-- SD3: concat(CLIP-L, CLIP-G) zero-padded to T5's width, followed along the sequence by T5's 256 tokens, or by 77
+- SD3: concat(CLIP-L, CLIP-G) zero-padded to T5's width, followed along the sequence by T5's 256 tokens, or by 256
   zero tokens when there is no T5 (what diffusers does without text_encoder_3); pooled = concat(L, G) projections.
 
 T5 reads the prompt without emphasis weights (the syntax is removed, the words kept).
@@ -119,7 +119,7 @@ def sdxl_conditioning(text_l: str, text_g: str, clip_l: torch.nn.Module | None, 
 def sd3_conditioning(text: str, clip_l: torch.nn.Module | None, clip_g: torch.nn.Module | None,
                      t5: torch.nn.Module | None, t5_tokenizer, layer: int = -2, folders: Folders | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(context [1, 77k + 256 or 77, width], pooled [1, L + G projections]) for SD3's MMDiT.
+    """(context [1, 77k + 256, width], pooled [1, L + G projections]) for SD3's MMDiT.
 
     The context is as wide as T5 (or as CLIP-L + CLIP-G without T5); the denoiser zero-pads it to the MMDiT's
     joint attention width, which gives diffusers' context in both cases. A missing CLIP (CLIPLoader with one file)
@@ -139,7 +139,7 @@ def sd3_conditioning(text: str, clip_l: torch.nn.Module | None, clip_g: torch.nn
             pooled.append(out.pooled)
     clip = torch.cat(hidden, dim=-1)
     if t5 is None:
-        return torch.cat([clip, torch.zeros(1, CLIP_TOKENS, clip.shape[-1])], dim=-2), torch.cat(pooled, dim=-1)
+        return torch.cat([clip, torch.zeros(1, T5_TOKENS, clip.shape[-1])], dim=-2), torch.cat(pooled, dim=-1)
     t5_hidden = encode_t5(text, t5, t5_tokenizer)
     if not present:
         return t5_hidden, torch.cat(pooled, dim=-1)
