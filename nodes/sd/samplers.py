@@ -29,7 +29,8 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "lcm": ("LCMScheduler", {}),
     "deis": ("DEISMultistepScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
-    "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1"}),
+    # diffusers' bh1 variant divides by zero when stepping to noise level 0; it ends at the smallest level instead.
+    "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
     "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
 }
 
