@@ -31,6 +31,9 @@ from server.state import get_state
 from server.uiformat import ConversionError, api_to_ui, is_ui_format, ui_to_api
 
 FRONTEND_PACKAGE = "comfyui_frontend_package"
+EXTENSION_SCRIPT = Path(__file__).with_name("editor_default_workflow.js")
+EXTENSION_URL = "/latentgraph/default-workflow.js"
+EDITOR_EXTENSIONS = [EXTENSION_URL]  # what /extensions lists: scripts the editor imports at boot
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 FIRST_TEMPLATE = "txt2img"
 SETTINGS_FILE = "comfy.settings.json"
@@ -490,6 +493,7 @@ def add_routes(app: web.Application) -> None:
 
     app.router.add_get("/", index)
     app.router.add_get("/user.css", user_css)
+    app.router.add_get(EXTENSION_URL, _static_handler(EXTENSION_SCRIPT))
     if static is None:
         return
     for entry in sorted(static.iterdir()):

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.editor import EDITOR_EXTENSIONS
 from server.jsonio import ApiError
 from server.state import get_state
 
@@ -103,8 +104,8 @@ async def embeddings(request: web.Request) -> web.Response:
 
 @routes.get("/extensions")
 async def extensions(request: web.Request) -> web.Response:
-    """Editor extension scripts; latentgraph ships none (its nodes are plain Python)."""
-    return web.json_response([])
+    """Editor extension scripts: latentgraph's own (server/editor.py); its nodes are plain Python."""
+    return web.json_response(EDITOR_EXTENSIONS)
 
 
 @routes.get("/features")

@@ -524,7 +524,7 @@ def api_to_ui(prompt: dict[str, dict], object_info: dict) -> dict[str, Any]:
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
+        "extra": {"ds": {"scale": 0.75, "offset": [60, 110]}},  # the whole graph in view below the editor's bars
         "version": 0.4,
     }
 

@@ -167,7 +167,7 @@ async def test_info_routes(client):
     assert isinstance(checkpoints, list) and all(isinstance(name, str) for name in checkpoints)
     assert (await client.get("/models/nope")).status == 404
     assert await (await client.get("/embeddings")).json() == []
-    assert await (await client.get("/api/extensions")).json() == []
+    assert await (await client.get("/api/extensions")).json() == ["/latentgraph/default-workflow.js"]
     spec = await (await client.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.") and "/prompt" in spec["paths"] and "/jobs/{job_id}/cancel" in spec["paths"]
 

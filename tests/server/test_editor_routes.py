@@ -61,6 +61,8 @@ async def test_files_the_editor_reads_at_boot_exist_for_a_new_user(client) -> No
                  "/internal/logs/raw", "/internal/files/input", "/api/experiment/models",
                  "/api/experiment/models/checkpoints", "/templates/index_logo.json"]:
         assert (await client.get(path)).status == 200, path
+    script = await client.get((await (await client.get("/api/extensions")).json())[0])
+    assert script.status == 200 and "registerExtension" in await script.text()
     kinds = {entry["name"] for entry in await (await client.get("/api/experiment/models")).json()}
     assert "checkpoints" in kinds
     assert "photo.png" in await (await client.get("/internal/files/input")).json()
