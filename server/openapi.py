@@ -23,7 +23,8 @@ HISTORY_ENTRY = {"type": "object", "properties": {
         "status_str": {"type": "string", "enum": ["success", "error", "pending", "running"]},
         "completed": {"type": "boolean"}, "messages": {"type": "array"}}}}}
 JOB = {"type": "object", "required": ["id", "status"], "properties": {
-    "id": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "in_progress", "completed", "failed"]},
+    "id": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "in_progress", "completed", "failed",
+                                                                  "cancelled"]},
     "priority": {"type": "number"}, "create_time": {"type": "integer"}, "execution_start_time": {"type": "integer"},
     "execution_end_time": {"type": "integer"}, "execution_error": OBJ, "outputs_count": {"type": "integer"},
     "preview_output": OBJ, "workflow_id": {"type": "string"}}}
@@ -100,7 +101,7 @@ def build_spec() -> dict[str, Any]:
             "jobs": {"type": "array", "items": JOB}, "pagination": {"type": "object", "properties": {
                 "offset": {"type": "integer"}, "limit": {"type": ["integer", "null"]}, "total": {"type": "integer"},
                 "has_more": {"type": "boolean"}}}}}, params=[
-            _query("status", {"type": "string"}, "comma-separated: pending, in_progress, completed, failed"),
+            _query("status", {"type": "string"}, "comma-separated: pending, in_progress, completed, failed, cancelled"),
             _query("workflow_id", {"type": "string"}),
             _query("sort_by", {"type": "string", "enum": ["created_at", "execution_duration"]}),
             _query("sort_order", {"type": "string", "enum": ["asc", "desc"]}),

@@ -46,8 +46,8 @@ CREATE INDEX IF NOT EXISTS prompts_done_seq ON prompts(done_seq);
 """
 
 JOB_STATUS_SQL = ("CASE WHEN state = 'pending' THEN 'pending' WHEN state = 'running' THEN 'in_progress' "
-                  "WHEN status_str = 'success' THEN 'completed' ELSE 'failed' END")
-JOB_STATUSES = ("pending", "in_progress", "completed", "failed")
+                  "WHEN status_str = 'success' THEN 'completed' WHEN error IS NULL THEN 'cancelled' ELSE 'failed' END")
+JOB_STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")  # cancelled: interrupted by a user
 CRASH_REASON = ("The server stopped while this prompt was running (the process was killed or crashed), so it did "
                 "not finish. Queue it again to retry.")
 PREVIEWABLE = ("images", "video", "audio")
@@ -110,7 +110,7 @@ class PromptQueue:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.history_limit = history_limit
         self._lock = threading.RLock()
-        self._wakeup = threading.Condition(threading.Lock())
+        self._work = threading.Event()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -163,21 +163,19 @@ class PromptQueue:
                      extra_data.get("client_id"), workflow_id, extra_data.get("create_time") or now_ms()))
             except sqlite3.IntegrityError as exc:
                 raise DuplicatePromptId(prompt_id) from exc
-        with self._wakeup:
-            self._wakeup.notify_all()
+        self._work.set()
         return QueueItem(number, prompt_id, prompt, extra_data, outputs)
 
     def wait(self, timeout: float) -> None:
-        """Blocks the worker until something is added (or `timeout` passes)."""
-        with self._wakeup:
-            self._wakeup.wait(timeout)
+        """Blocks the worker until something is added after its last `claim_next` (or `timeout` passes)."""
+        self._work.wait(timeout)
 
     def wake(self) -> None:
-        with self._wakeup:
-            self._wakeup.notify_all()
+        self._work.set()
 
     def claim_next(self) -> QueueItem | None:
         """The first pending prompt, now marked running; None when nothing is pending."""
+        self._work.clear()  # before looking, so that an add() after the look always wakes the next wait()
         with self._lock:
             row = self._db.execute("SELECT * FROM prompts WHERE state = 'pending' ORDER BY number, rowid "
                                    "LIMIT 1").fetchone()

@@ -29,6 +29,9 @@ async def test_interrupt_ends_within_one_step_and_next_prompt_runs(client):
     assert any(m["type"] == "execution_success" and m["data"]["prompt_id"] == after for m in messages)
     history = await (await client.get("/history")).json()
     assert history[slow]["status"]["status_str"] == "error" and history[after]["status"]["status_str"] == "success"
+    assert (await (await client.get(f"/jobs/{slow}")).json())["status"] == "cancelled"
+    cancelled = await (await client.get("/jobs", params={"status": "cancelled"})).json()
+    assert [job["id"] for job in cancelled["jobs"]] == [slow]
     await ws.close()
 
 
