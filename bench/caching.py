@@ -42,6 +42,11 @@ def add_model_files(base: Path, count: int) -> None:
         (folder / f"model{i:05d}.safetensors").touch()
 
 
+def remove_model_files(base: Path) -> None:
+    for folder in (base / "models" / "checkpoints").glob("collection*"):
+        shutil.rmtree(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="re-queues in (a)")
@@ -93,6 +98,7 @@ def main() -> None:
                   f"{ms(crowded)}   {median(crowded) / median(requeue):.1f}x")
             report(f"(a) re-queue latency, {args.model_files} model files", median(crowded) * 1e3, "ms",
                    note=f"{median(crowded) / median(requeue):.1f}x the bare folder")
+            remove_model_files(base)
 
         # (b) only the seed changes
         totals, own, ran = [], [], Counter()
