@@ -149,6 +149,7 @@ class PromptQueue:
             extra_data.get("extra_pnginfo"), dict) else None
         workflow_id = workflow.get("id") if isinstance(workflow, dict) and isinstance(workflow.get("id"), str) \
             else None
+        client_id = QueueItem(0, prompt_id, prompt, extra_data, outputs).client_id
         with self._lock:
             if number is None:
                 number = self._counter
@@ -160,7 +161,7 @@ class PromptQueue:
                     "INSERT INTO prompts (prompt_id, number, state, prompt, extra_data, outputs_to_execute, "
                     "client_id, workflow_id, create_time) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
                     (prompt_id, number, json.dumps(prompt), json.dumps(extra_data), json.dumps(outputs),
-                     extra_data.get("client_id"), workflow_id, extra_data.get("create_time") or now_ms()))
+                     client_id, workflow_id, now_ms()))
             except sqlite3.IntegrityError as exc:
                 raise DuplicatePromptId(prompt_id) from exc
         self._work.set()

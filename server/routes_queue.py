@@ -18,6 +18,7 @@ from server.state import get_state
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
+MAX_NUMBER = 2**53
 PROMPT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -44,8 +45,9 @@ async def post_prompt(request: web.Request) -> web.Response:
     elif not isinstance(prompt_id, str) or not PROMPT_ID.match(prompt_id):
         raise _prompt_error("Invalid prompt_id", "prompt_id must be 1-128 letters, digits or ._:-")
     number = body.get("number")
-    if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)):
-        raise _prompt_error("Invalid number", "number must be a number")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)
+                               or abs(number) >= MAX_NUMBER):
+        raise _prompt_error("Invalid number", f"number must be a number of magnitude below {MAX_NUMBER}")
     front = body.get("front", False)
     if not isinstance(front, bool):
         raise _prompt_error("Invalid front", "front must be true or false")

@@ -184,6 +184,18 @@ MALFORMED = [
 ]
 
 
+async def test_odd_but_valid_fields_are_handled(client):
+    ok = image_prompt("odd")
+    for body in ({"prompt": ok, "number": 1e300}, {"prompt": ok, "number": -(2**60)}):
+        assert (await client.post("/prompt", json=body)).status == 400
+    accepted = await client.post("/prompt", json={"prompt": ok, "extra_data": {"client_id": {"x": 1},
+                                                                              "create_time": "soon"}})
+    assert accepted.status == 200
+    assert (await client.post("/prompt", json={"prompt": ok, "number": 2**52})).status == 200
+    assert (await client.post("/prompt", json={"prompt": ok})).status == 200
+    assert (await client.get("/jobs")).status == 200
+
+
 async def test_malformed_prompt_corpus_gets_4xx(client):
     for body in MALFORMED:
         response = await client.post("/prompt", data=body, headers={"Content-Type": "application/json"})
