@@ -234,8 +234,15 @@ node = st.fixed_dictionaries({"class_type": class_types | json_values},
                                                          st.integers(-1, 3)).map(list), max_size=5),
                                        "_meta": json_values})
 prompts = st.dictionaries(st.sampled_from(["1", "2", "3", ""]), node | json_values, max_size=4)
+valid_with_odd_fields = st.fixed_dictionaries(
+    {"prompt": st.just(image_prompt("fuzz"))},
+    optional={"client_id": json_values, "extra_data": st.dictionaries(st.sampled_from(
+        ["client_id", "extra_pnginfo", "create_time", "x"]), json_values, max_size=3) | json_values,
+        "prompt_id": json_values | st.text(max_size=130), "front": json_values, "number": json_values,
+        "partial_execution_targets": json_values | st.lists(st.sampled_from(["1", "2", "3", "9"]), max_size=3)})
 bodies = st.one_of(
     json_values,
+    valid_with_odd_fields,
     st.fixed_dictionaries({"prompt": prompts | json_values},
                           optional={"client_id": json_values, "extra_data": json_values, "prompt_id": json_values,
                                     "front": json_values, "number": json_values,
