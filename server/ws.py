@@ -7,7 +7,8 @@ binary frames, sent only to clients that announced what they can take with a `fe
 that sent flags. Clients that never sent flags get no binary frames at all: some older clients break on them.
 
 Each client has its own outgoing queue and sender task, so one slow client never holds up the others, and
-previews are dropped for a client whose queue is backed up rather than piling up behind its JSON messages.
+previews are dropped for a client whose queue is backed up rather than piling up behind its JSON messages; a
+client that reads nothing at all is closed once its backlog reaches BACKLOG_LIMIT, so it cannot eat the memory.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 JPEG = 1
 PREVIEW_BACKLOG_LIMIT = 8
+BACKLOG_LIMIT = 10000
 SERVER_FEATURE_FLAGS_KEY = "feature_flags"
 
 
@@ -111,6 +113,12 @@ class Hub:
 
     def send_text(self, text: str, sid: str | None) -> None:
         for client in self._targets(sid):
+            if client.outbox.qsize() >= BACKLOG_LIMIT:
+                log.warning("websocket client %s reads nothing (%d messages waiting); closing it", client.sid,
+                            client.outbox.qsize())
+                self.disconnect(client)
+                asyncio.ensure_future(client.ws.close())
+                continue
             client.outbox.put_nowait(text)
 
     def send_preview(self, jpeg: bytes, metadata: dict[str, Any], sid: str | None) -> None:
