@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "server.commands.nodes",
     "server.commands.serve",
     "server.commands.convert",
+    "server.commands.train",
 ]
 
 

@@ -1,0 +1,330 @@
+"""`latentgraph train demo`: trains the bundled demo model from scratch on the procedural shapes dataset.
+
+Three stages, each resumable from `state.pt` in the output folder: (1) the VAE learns to reconstruct images,
+(2) a pool of training images is encoded to latents once, (3) the text encoder and UNet learn to denoise those
+latents given the captions (eps objective on SD1.x's schedule, min-SNR weighting, EMA weights). Batches and noise
+are functions of (seed, step), so a resumed run draws exactly what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nodes.sd.tokenizer import load_clip_tokenizer
+from nodes.sd.training import dataset
+from nodes.sd.training.models import (
+    Architecture,
+    alphas_cumprod,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+)
+from nodes.sd.training.vae_init import init_vae
+
+STATE_FILE = "state.pt"
+LATENTS_FILE = "latents.pt"
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class DemoConfig:
+    """Everything a run depends on; stored in the state so that a resume continues the same run."""
+
+    arch: Architecture = field(default_factory=Architecture)
+    seed: int = 0
+    vae_steps: int = 500
+    vae_batch: int = 8
+    vae_lr: float = 3e-4
+    pool_size: int = 16000
+    unet_steps: int = 2600
+    unet_batch: int = 32
+    unet_lr: float = 6e-4
+    warmup_steps: int = 100
+    caption_dropout: float = 0.1
+    offset_noise: float = 0.05
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    checkpoint_seconds: float = 180.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DemoConfig:
+        arch = data.get("arch", {})
+        arch = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
+        return cls(**{**data, "arch": Architecture(**arch)})
+
+
+PRESETS: dict[str, DemoConfig] = {
+    "demo": DemoConfig(),
+    "tiny": DemoConfig(
+        arch=Architecture(
+            resolution=32,
+            vae_channels=(32, 32, 32, 32),
+            unet_channels=(32, 32),
+            text_hidden=32,
+            text_layers=1,
+            text_intermediate=64,
+        ),
+        vae_steps=30,
+        vae_batch=4,
+        vae_lr=5e-4,
+        pool_size=64,
+        unet_steps=60,
+        unet_batch=8,
+        unet_lr=1e-3,
+        warmup_steps=5,
+        ema_decay=0.9,
+        checkpoint_seconds=1e9,
+    ),
+}
+
+
+@dataclass
+class TrainState:
+    """What `state.pt` holds between runs."""
+
+    config: DemoConfig
+    stage: str = "vae"
+    step: int = 0
+    vae: dict = field(default_factory=dict)
+    unet: dict = field(default_factory=dict)
+    text_encoder: dict = field(default_factory=dict)
+    ema_unet: dict = field(default_factory=dict)
+    ema_text_encoder: dict = field(default_factory=dict)
+    optimizer: dict = field(default_factory=dict)
+    latent_scale: float = 1.0
+    elapsed_seconds: float = 0.0
+
+    def save(self, folder: Path) -> None:
+        data = {**self.__dict__, "config": asdict(self.config)}
+        tmp = folder / (STATE_FILE + ".tmp")
+        torch.save(data, tmp)
+        tmp.replace(folder / STATE_FILE)
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainState:
+        data = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        data["config"] = DemoConfig.from_dict(data["config"])
+        return cls(**data)
+
+
+def _images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    array = np.stack(images).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def _log(folder: Path, record: dict) -> None:
+    with open(folder / LOG_FILE, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+class _Clock:
+    """Calls `save` every `seconds` of wall time and at the end; tracks the run's total elapsed time."""
+
+    def __init__(self, state: TrainState, seconds: float, save: Callable[[], None]) -> None:
+        self.state, self.seconds, self.save = state, seconds, save
+        self.start = self.last = time.monotonic()
+        self.base = state.elapsed_seconds
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        self.state.elapsed_seconds = self.base + now - self.start
+        if force or now - self.last >= self.seconds:
+            self.save()
+            self.last = now
+
+
+def _train_vae(state: TrainState, folder: Path, progress: bool) -> None:
+    cfg = state.config
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg.arch)
+    if state.vae:
+        vae.load_state_dict(state.vae)
+    else:
+        init_vae(vae)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    if state.optimizer:
+        opt.load_state_dict(state.optimizer)
+
+    def save() -> None:
+        state.vae, state.optimizer = vae.state_dict(), opt.state_dict()
+        state.save(folder)
+
+    clock = _Clock(state, cfg.checkpoint_seconds, save)
+    bar = tqdm(total=cfg.vae_steps, initial=state.step, desc="vae", disable=not progress, dynamic_ncols=True)
+    vae.train()
+    while state.step < cfg.vae_steps:
+        start = state.step * cfg.vae_batch
+        images = [dataset.sample(cfg.seed + 1, start + i, cfg.arch.resolution)[0] for i in range(cfg.vae_batch)]
+        x = _images_to_tensor(images)
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * min(1.0, (state.step + 1) / cfg.warmup_steps)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state.step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if state.step % 20 == 0:
+            _log(folder, {"stage": "vae", "step": state.step, "loss": loss.item(), "time": state.elapsed_seconds})
+        clock.tick()
+    bar.close()
+    clock.tick()
+    state.vae, state.optimizer = vae.state_dict(), {}
+    state.stage, state.step = "latents", 0
+    state.save(folder)
+
+
+def _encode_pool(state: TrainState, folder: Path, progress: bool) -> None:
+    """Encodes the training pool once (mean and std of each posterior) and measures the latents' spread."""
+    cfg = state.config
+    vae = build_vae(cfg.arch)
+    vae.load_state_dict(state.vae)
+    vae.eval()
+    tokenizer = load_clip_tokenizer()
+    means, stds, captions = [], [], []
+    batch = 64
+    with torch.no_grad():
+        for start in tqdm(range(0, cfg.pool_size, batch), desc="encode", disable=not progress, dynamic_ncols=True):
+            indices = range(start, min(start + batch, cfg.pool_size))
+            samples = [dataset.sample(cfg.seed, i, cfg.arch.resolution) for i in indices]
+            posterior = vae.encode(_images_to_tensor([s[0] for s in samples])).latent_dist
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+            captions.extend(s[1] for s in samples)
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    mean = torch.cat(means)
+    torch.save({"mean": mean, "std": torch.cat(stds), "ids": ids, "empty": empty}, folder / LATENTS_FILE)
+    state.latent_scale = float(mean.std())
+    state.stage, state.step = "unet", 0
+    state.save(folder)
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1.0 - decay)
+
+
+def _train_unet(state: TrainState, folder: Path, progress: bool) -> None:
+    cfg = state.config
+    pool = torch.load(folder / LATENTS_FILE, map_location="cpu")
+    torch.manual_seed(cfg.seed)
+    unet, text_encoder = build_unet(cfg.arch), build_text_encoder(cfg.arch)
+    if state.unet:
+        unet.load_state_dict(state.unet)
+        text_encoder.load_state_dict(state.text_encoder)
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    if state.ema_unet:
+        ema_unet.load_state_dict(state.ema_unet)
+        ema_text.load_state_dict(state.ema_text_encoder)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.0)
+    if state.optimizer:
+        opt.load_state_dict(state.optimizer)
+    acp = alphas_cumprod()
+    snr = acp / (1 - acp)
+    weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
+
+    def save() -> None:
+        state.unet, state.text_encoder = unet.state_dict(), text_encoder.state_dict()
+        state.ema_unet, state.ema_text_encoder = ema_unet.state_dict(), ema_text.state_dict()
+        state.optimizer = opt.state_dict()
+        state.save(folder)
+
+    clock = _Clock(state, cfg.checkpoint_seconds, save)
+    bar = tqdm(total=cfg.unet_steps, initial=state.step, desc="unet", disable=not progress, dynamic_ncols=True)
+    unet.train()
+    text_encoder.train()
+    count = pool["mean"].shape[0]
+    while state.step < cfg.unet_steps:
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + state.step)
+        idx = torch.randint(0, count, (cfg.unet_batch,), generator=generator)
+        eps_z = torch.randn(pool["mean"][idx].shape, generator=generator)
+        latents = (pool["mean"][idx] + pool["std"][idx] * eps_z) / state.latent_scale
+        ids = pool["ids"][idx].clone()
+        drop = torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout
+        ids[drop] = pool["empty"]
+        noise = torch.randn(latents.shape, generator=generator)
+        noise += cfg.offset_noise * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator)
+        t = torch.randint(0, len(acp), (cfg.unet_batch,), generator=generator)
+        a = acp[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = cfg.unet_lr * min(1.0, (state.step + 1) / cfg.warmup_steps)
+        hidden = text_encoder(ids).last_hidden_state
+        pred = unet(noisy, t, hidden).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + state.step) / (10 + state.step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text_encoder, decay)
+        state.step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if state.step % 20 == 0:
+            _log(folder, {"stage": "unet", "step": state.step, "loss": loss.item(), "time": state.elapsed_seconds})
+        clock.tick()
+    bar.close()
+    state.stage = "done"
+    clock.tick(force=True)
+
+
+def train_demo(folder: Path, config: DemoConfig | None = None, *, progress: bool = True) -> TrainState:
+    """Runs (or resumes) every remaining stage into `folder` and returns the final state.
+
+    A folder that already holds a state resumes it; `config` then only raises the step counts (to train longer).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / STATE_FILE).exists():
+        state = TrainState.load(folder)
+        if config is not None:
+            if state.stage == "vae":
+                state.config.vae_steps = max(state.config.vae_steps, config.vae_steps)
+            state.config.unet_steps = max(state.config.unet_steps, config.unet_steps)
+            if state.stage == "done" and state.step < state.config.unet_steps:
+                state.stage = "unet"
+    else:
+        state = TrainState(config=copy.deepcopy(config or PRESETS["demo"]))
+        state.save(folder)
+    if state.stage == "vae":
+        _train_vae(state, folder, progress)
+    if state.stage == "latents":
+        _encode_pool(state, folder, progress)
+    if state.stage == "unet":
+        _train_unet(state, folder, progress)
+    return state
+
+
+def loss_history(folder: Path, stage: str) -> list[float]:
+    """The logged losses of one stage, in step order."""
+    path = folder / LOG_FILE
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["loss"] for r in records if r["stage"] == stage]
+
+
+def mean_or_nan(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan

@@ -1,0 +1,107 @@
+"""`latentgraph train demo` (the bundled demo model, from scratch) and `latentgraph train lora` (a user's LoRA)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from server.commands.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, add_base_dir_argument
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from nodes.sd.training.demo import PRESETS, train_demo
+    from nodes.sd.training.export import write_diffusers_folder, write_single_file
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = PRESETS[args.preset]
+    if args.unet_steps is not None:
+        config.unet_steps = args.unet_steps
+    state = train_demo(args.out, config, progress=not args.quiet)
+    single = write_single_file(state, args.out / "latentgraph-demo.safetensors")
+    folder = write_diffusers_folder(state, args.out / "latentgraph-demo")
+    print(f"trained {state.config.unet_steps} UNet steps in {state.elapsed_seconds / 60:.1f} min")
+    print(f"wrote {single} ({single.stat().st_size / 1e6:.1f} MB) and {folder}")
+    if args.install:
+        target = args.base_dir / "models" / "checkpoints" / single.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(single, target)
+        print(f"installed as {target}")
+    return EXIT_OK
+
+
+def _find_base(base_dir: Path, name: str) -> Path:
+    path = Path(name)
+    if path.exists():
+        return path
+    from nodes import make_environment
+    from nodes.sd.loader_nodes import find_checkpoint
+
+    return find_checkpoint(make_environment(base_dir), name)
+
+
+def _lora(args: argparse.Namespace) -> int:
+    from nodes.sd.training.lora import DatasetError, LoraConfig, scan_dataset, train_lora
+
+    try:
+        examples = scan_dataset(args.data)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        base = _find_base(args.base_dir, args.base)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    out = args.out or args.base_dir / "models" / "loras" / f"{args.data.resolve().name}.safetensors"
+    config = LoraConfig(rank=args.rank, alpha=args.alpha or float(args.rank), steps=args.steps,
+                        batch_size=args.batch_size, learning_rate=args.lr, text_encoder=args.text_encoder,
+                        resolution=args.resolution, seed=args.seed)
+    print(f"training a LoRA on {len(examples)} captioned images for {base.name}")
+    try:
+        result = train_lora(args.data, base, out, config, progress=not args.quiet)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}; wrote {out} (kohya key layout)")
+    return EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train the demo model or a LoRA",
+                                   description="Train the bundled demo model from scratch, or a LoRA on your images.")
+    kinds = parser.add_subparsers(title="what to train", metavar="KIND", required=True)
+
+    demo = kinds.add_parser("demo", help="train the demo model on generated shapes (resumable)",
+                            description="Trains the demo model on the procedural shapes dataset. Re-running with "
+                                        "the same --out resumes; a finished run is only exported again.")
+    add_base_dir_argument(demo)
+    demo.add_argument("--out", type=Path, default=Path("demo-training"), help="run folder (default: demo-training)")
+    demo.add_argument("--preset", choices=["demo", "tiny"], default="demo", help="model and schedule sizes")
+    demo.add_argument("--unet-steps", type=int, default=None, help="UNet steps (raise it to train a run longer)")
+    demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--install", action="store_true", help="copy the result into BASE_DIR/models/checkpoints")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_demo)
+
+    lora = kinds.add_parser("lora", help="train a LoRA on a folder of images with .txt captions",
+                            description="Trains a LoRA (kohya key layout) on IMAGE + IMAGE.txt pairs; kohya's "
+                                        "N_name subfolders repeat their images N times.")
+    add_base_dir_argument(lora)
+    lora.add_argument("--data", type=Path, required=True, help="folder of images and .txt captions")
+    lora.add_argument("--base", required=True, help="checkpoint file, or a name in models/checkpoints")
+    lora.add_argument("--out", type=Path, default=None, help="output file (default: models/loras/DATA.safetensors)")
+    lora.add_argument("--steps", type=int, default=400)
+    lora.add_argument("--rank", type=int, default=8)
+    lora.add_argument("--alpha", type=float, default=None, help="default: the rank (scale 1)")
+    lora.add_argument("--lr", type=float, default=1e-3)
+    lora.add_argument("--batch-size", type=int, default=4)
+    lora.add_argument("--resolution", type=int, default=None, help="default: the checkpoint's native size")
+    lora.add_argument("--text-encoder", action="store_true", help="also train the text encoder")
+    lora.add_argument("--seed", type=int, default=0)
+    lora.add_argument("--quiet", action="store_true", help="no progress bar")
+    lora.set_defaults(func=_lora)
