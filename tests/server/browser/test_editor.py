@@ -7,6 +7,8 @@ error, fails the test.
 from __future__ import annotations
 
 import json
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,9 @@ def run_and_wait_for_image(page: Any, watch: PageWatch) -> str:
     return successes[-1]["prompt_id"]
 
 
-def test_first_visit_runs_txt2img_and_shows_the_image(live_server: str, browser_page: Any, tmp_path: Path) -> None:
+def test_first_visit_runs_txt2img_shows_the_image_and_its_png_reopens(
+    live_server: str, browser_page: Any, tmp_path: Path
+) -> None:
     page = browser_page
     watch, response = open_editor(page, live_server, "/")
     first = response.request.redirected_from
@@ -101,6 +105,15 @@ def test_first_visit_runs_txt2img_and_shows_the_image(live_server: str, browser_
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     keep_screenshot(shot)
+
+    image = executed[0]["output"]["images"][0]
+    query = urllib.parse.urlencode({"filename": image["filename"], "subfolder": image["subfolder"], "type": "output"})
+    with urllib.request.urlopen(f"{live_server}/api/view?{query}") as answer:
+        (tmp_path / "ours.png").write_bytes(answer.read())
+    page.evaluate(f"() => {{ window.app.graph.getNodeById({POSITIVE_NODE}).widgets[0].value = 'scratch'; }}")
+    page.set_input_files("#comfy-file-input", str(tmp_path / "ours.png"))
+    page.wait_for_function(f"() => window.app.graph.getNodeById({POSITIVE_NODE})?.widgets?.[0]?.value"
+                           "?.startsWith('a watercolor')", timeout=30_000)
     watch.assert_clean()
 
 
