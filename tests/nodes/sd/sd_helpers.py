@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import io
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from engine.context import Environment, RunContext
 from engine.interrupt import InterruptToken
@@ -49,3 +53,8 @@ def output_files(env: Environment, result: Any, node: str = "9") -> list[bytes]:
     """The bytes of the PNGs a SaveImage node wrote."""
     images = result.outputs[node]["images"]
     return [(env.folders.output_dir / i["subfolder"] / i["filename"]).read_bytes() for i in images]
+
+
+def output_pixels(env: Environment, result: Any, node: str = "9") -> list[np.ndarray]:
+    """The pixels of the PNGs a SaveImage node wrote (the files also carry the workflow, which may differ)."""
+    return [np.asarray(Image.open(io.BytesIO(data))) for data in output_files(env, result, node)]
