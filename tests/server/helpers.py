@@ -69,9 +69,10 @@ def write_input_image(base_dir: Path, name: str = "photo.png") -> Path:
 def image_prompt(prefix: str = "test", width: int = 24) -> dict[str, Any]:
     """LoadImage -> ImageScale -> SaveImage: a real workflow that needs no model."""
     return {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}, "_meta": {"title": "Load Image"}},
         "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "bilinear",
-                                                     "width": width, "height": 0, "crop": "disabled"}},
+                                                     "width": width, "height": 0, "crop": "disabled"},
+              "_meta": {"title": "Upscale Image"}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix},
               "_meta": {"title": "Save Image"}},
     }

@@ -75,3 +75,19 @@ def test_plain_http_like_curl(served):
     image = entry["outputs"]["9"]["images"][0]
     with urllib.request.urlopen(served.url + "/view?" + urllib.parse.urlencode(image), timeout=30) as response:
         assert Image.open(io.BytesIO(response.read())).size == (64, 64)
+
+
+def test_comfy_api_simplified_with_a_token(tmp_path):
+    """The library's user/password option sends HTTP Basic auth (also on the WebSocket); the token is the password."""
+    from comfy_api_simplified import ComfyApiWrapper
+    from comfy_api_simplified.exceptions import ComfyApiError
+
+    from tests.server.helpers import ThreadedServer, image_prompt, options_for, write_input_image
+
+    write_input_image(tmp_path)
+    with ThreadedServer(options_for(tmp_path, full=False, token="library-token")) as server:
+        with pytest.raises(ComfyApiError):
+            ComfyApiWrapper(server.url).queue_prompt(image_prompt("denied"))
+        api = ComfyApiWrapper(server.url, user="me", password="library-token")
+        images = api.queue_and_wait_images(image_prompt("token"), "Save Image")
+        assert [Image.open(io.BytesIO(data)).size for data in images.values()] == [(24, 12)]
