@@ -36,10 +36,11 @@ def setup(env: Environment) -> None:
 
 
 def _diffusers_folders(env: Environment) -> dict[str, Path]:
+    """Diffusers folders up to two levels below each checkpoint folder (no walk through a whole collection)."""
     found: dict[str, Path] = {}
     for root in env.folders.folders("checkpoints"):
         if root.is_dir():
-            for index in sorted(root.rglob("model_index.json")):
+            for index in sorted([*root.glob("*/model_index.json"), *root.glob("*/*/model_index.json")]):
                 if is_diffusers_folder(index.parent):
                     found.setdefault(index.parent.relative_to(root).as_posix(), index.parent)
     return found
@@ -53,10 +54,15 @@ def checkpoint_names(env: Environment) -> list[str]:
 
 
 def find_checkpoint(env: Environment, name: str) -> Path:
-    folders = _diffusers_folders(env)
-    if name in folders:
-        return folders[name]
-    return env.folders.find("checkpoints", name)
+    """A checkpoint file, or a diffusers folder, by its listed name."""
+    try:
+        return env.folders.find("checkpoints", name)
+    except FileNotFoundError:
+        for root in env.folders.folders("checkpoints"):
+            candidate = (root / name).resolve()
+            if candidate.is_relative_to(root.resolve()) and is_diffusers_folder(candidate):
+                return candidate
+        raise
 
 
 def _fingerprint(path_of: Any) -> str | None:

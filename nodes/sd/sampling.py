@@ -1,10 +1,10 @@
 """Our own denoising loop over a diffusers UNet and scheduler, with ComfyUI's sampling semantics.
 
-Each step reports progress, sends a latent preview and honours the interrupt. The loop is the one diffusers'
-pipelines run (so that, for the same scheduler, seed, steps and cfg, txt2img and img2img give their results), with
-what ComfyUI adds: `denoise < 1` runs the last `steps` of a `steps / denoise` schedule, `start/end` steps with or
-without leftover noise, noise masks for inpainting, per-image noise from `batch_index`, and CFG
-`uncond + (cond - uncond) * cfg` with the unconditional pass skipped at cfg == 1.
+Each step reports progress and honours the interrupt; latent previews go out at most every 0.1 s. The loop is
+the one diffusers' pipelines run (so that, for the same scheduler, seed, steps and cfg, txt2img and img2img give
+their results), with what ComfyUI adds: `denoise < 1` runs the last `steps` of a `steps / denoise` schedule,
+`start/end` steps with or without leftover noise, noise masks for inpainting, per-image noise from `batch_index`,
+and CFG `uncond + (cond - uncond) * cfg` with the unconditional pass skipped at cfg == 1.
 
 Latents enter and leave in ComfyUI's convention: unscaled VAE latents, and a latent with leftover noise is
 `x0 + sigma * noise` in the model's scaled space. Inside, the scheduler's own space is used: noise-level schedulers
@@ -15,6 +15,7 @@ Latents enter and leave in ComfyUI's convention: unscaled VAE latents, and a lat
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ from nodes.sd.handles import ModelHandle
 from nodes.sd.model_inputs import FLOW_FAMILIES, denoiser_output
 from nodes.sd.samplers import make_scheduler
 
+# Previews cost a device-to-host copy: sent for the first and last step, and in between at most this often (s).
+PREVIEW_INTERVAL = 0.1
 # ComfyUI's linear map from SD1.x/SD2.x latents to RGB, good enough for a live preview.
 LATENT_RGB = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721],
                            [-0.2120, -0.2616, -0.7177]])
@@ -104,7 +107,7 @@ def _guided(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, positive: C
     """The CFG-combined model output; entries of equal token length share one batched UNet call."""
     entries = [(emb, opts, "neg") for emb, opts in negative] if cfg != 1.0 else []
     entries += [(emb, opts, "pos") for emb, opts in positive]
-    batch, dtype = x.shape[0], unet.dtype
+    batch, dtype = x.shape[0], next(unet.parameters()).dtype  # ModelMixin.dtype walks every parameter
     outputs: list[torch.Tensor | None] = [None] * len(entries)
     by_length: dict[int, list[int]] = {}
     for i, (emb, _, _) in enumerate(entries):
@@ -190,14 +193,17 @@ def sample(model: ModelHandle, *, seed: int, steps: int, cfg: float, sampler_nam
         final_first = (last - 1) * order
         kwargs = _step_kwargs(scheduler, generator)
         clean: torch.Tensor | None = None
+        previewed = 0.0
         for n, i in enumerate(range(begin, end)):
             if check_interrupt is not None:
                 check_interrupt()
             t = timesteps[i]
             output = _guided(unet, scheduler.scale_model_input(x, t), t, positive, negative, cfg, model.family)
             estimate = levels.denoised(x, output, t, model.prediction_type)
-            if preview is not None:
+            if preview is not None and (n == 0 or i + 1 == end or stop_early and i == final_first
+                                        or time.monotonic() - previewed >= PREVIEW_INTERVAL):
                 preview(latent_preview(estimate[0]))
+                previewed = time.monotonic()
             if stop_early and i == final_first:
                 clean = estimate
                 if progress is not None:
