@@ -19,7 +19,7 @@ from server.queue import PromptQueue
 from server.routes_ws import add_websocket_route
 from server.routing import add_api_routes
 from server.security import security_middlewares
-from server.state import STATE, ServerState
+from server.state import STATE, ServerState, broadcast_status
 from server.worker import Worker
 from server.ws import Hub
 
@@ -33,9 +33,9 @@ def create_app(options: ServerOptions) -> web.Application:
     executor = Executor(registry, env, cache_bytes=options.cache_bytes or DEFAULT_CACHE_BYTES)
     queue = PromptQueue(options.database_path, options.history_limit)
     hub = Hub()
-    state = ServerState(options, executor, queue, hub, worker=None)  # type: ignore[arg-type]
-    state.worker = Worker(executor, queue, hub, state.broadcast_status,
-                          preview_interval_s=options.preview_interval_s, preview_max_size=options.preview_max_size)
+    worker = Worker(executor, queue, hub, lambda: broadcast_status(queue, hub),
+                    preview_interval_s=options.preview_interval_s, preview_max_size=options.preview_max_size)
+    state = ServerState(options, executor, queue, hub, worker)
     if queue.recovered:
         log.warning("%d prompt(s) were running when the server last stopped; they are in history as failed: %s",
                     len(queue.recovered), ", ".join(queue.recovered))

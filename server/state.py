@@ -23,11 +23,20 @@ class ServerState:
     worker: Worker
 
     def queue_status(self) -> dict[str, Any]:
-        """ComfyUI's `status` payload: how many prompts are pending or running."""
-        return {"exec_info": {"queue_remaining": self.queue.remaining()}}
+        return queue_status(self.queue)
 
     def broadcast_status(self) -> None:
-        self.hub.post("status", {"status": self.queue_status()})
+        broadcast_status(self.queue, self.hub)
+
+
+def queue_status(queue: PromptQueue) -> dict[str, Any]:
+    """ComfyUI's `status` payload: how many prompts are pending or running."""
+    return {"exec_info": {"queue_remaining": queue.remaining()}}
+
+
+def broadcast_status(queue: PromptQueue, hub: Hub) -> None:
+    """Tells every connected client the queue changed (from any thread)."""
+    hub.post("status", {"status": queue_status(queue)})
 
 
 STATE = web.AppKey("latentgraph_state", ServerState)
