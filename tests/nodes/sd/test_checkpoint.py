@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -164,3 +165,24 @@ def test_extra_model_paths_yaml(tmp_path: Path, registry) -> None:
     choices = info["input"]["required"]["ckpt_name"][0]
     assert "other.safetensors" in choices and "latentgraph-demo.safetensors" in choices
     assert json.dumps(info)
+
+
+@pytest.mark.parametrize("layout", ["ldm", "diffusers"])
+def test_standalone_vae_file_decodes_like_the_checkpoint_vae(registry, tiny_parts, tiny_file: Path, tmp_path: Path,
+                                                             layout: str) -> None:
+    from safetensors.torch import save_file
+
+    from .conftest import TINY, with_checkpoint
+
+    base = with_checkpoint(tmp_path, tiny_file)
+    state = vae_to_ldm(tiny_parts.vae, prefix="") if layout == "ldm" else tiny_parts.vae.state_dict()
+    (base / "models" / "vae").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(base / "models" / "vae" / "my.vae.safetensors"))
+    workflow = txt2img(TINY, seed=2)
+    executor = Executor(registry, make_environment(base))
+    reference = output_pixels(executor.env, executor.run(workflow))[0]
+    workflow["20"] = {"class_type": "VAELoader", "inputs": {"vae_name": "my.vae.safetensors"}}
+    workflow["8"]["inputs"]["vae"] = ["20", 0]
+    result = executor.run(workflow)
+    assert result.status == "success", result.error
+    assert np.array_equal(output_pixels(executor.env, result)[0], reference)
