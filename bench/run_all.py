@@ -24,7 +24,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("engine_overhead.py", ["--repeats", "9"], ["--repeats", "3"]),
     ("caching.py", [], ["--repeats", "5", "--seeds", "2", "--rounds", "2", "--model-files", "500"]),
     ("server_throughput.py", [], ["--prompts", "16", "--idle-prompts", "5", "--queue-requests", "50"]),
-    ("cold_start.py", ["--repeats", "3"], ["--repeats", "1"]),
+    ("cold_start.py", ["--repeats", "2"], ["--repeats", "1"]),
     ("memory.py", ["--repeats", "2"], ["--repeats", "1", "--prompts", "30"]),
 ]
 
