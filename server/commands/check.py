@@ -23,19 +23,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate a workflow: every fault is reported with its node id, class and input. "
                     "Exit code 0: valid; 2: invalid.",
     )
-    parser.add_argument("workflow", type=Path, help="workflow file (API-format JSON)")
+    parser.add_argument("workflow", type=Path,
+                        help="workflow file: API or editor JSON, or a PNG that carries a workflow")
     parser.add_argument("--json", action="store_true", help="print ComfyUI's {error, node_errors} JSON instead")
     add_base_dir_argument(parser)
     parser.set_defaults(func=check_command)
 
 
 def check_command(args: argparse.Namespace) -> int:
+    executor = make_executor(args.base_dir)
     try:
-        prompt = load_workflow_file(args.workflow)
+        prompt, _ = load_workflow_file(args.workflow, executor)
     except WorkflowFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    validation = make_executor(args.base_dir).validate(prompt)
+    validation = executor.validate(prompt)
     if args.json:
         print(json.dumps(validation.as_response(), indent=2))
     elif validation.ok:

@@ -10,7 +10,7 @@ from typing import Any
 from engine.executor import Executor
 from nodes import load_registry, make_environment
 from server.workflow_files import WorkflowFileError as WorkflowFileError  # re-exported for the commands
-from server.workflow_files import conversion_object_info, load_workflow
+from server.workflow_files import load_workflow
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -28,6 +28,6 @@ def make_executor(base_dir: Path) -> Executor:
     return Executor(load_registry(), env)
 
 
-def load_workflow_file(path: Path) -> dict[str, Any]:
-    """An API-format workflow from a JSON file in API or UI (editor) format, or from a PNG that carries one."""
-    return load_workflow(path, conversion_object_info)[0]
+def load_workflow_file(path: Path, executor: Executor) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(API prompt, editor graph or None) from API or editor JSON, or from a PNG that carries a workflow."""
+    return load_workflow(path, lambda: executor.registry.object_info(executor.env))

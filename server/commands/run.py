@@ -20,6 +20,7 @@ from server.commands.common import (
     load_workflow_file,
     make_executor,
 )
+from server.uiformat import api_to_ui
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a workflow headless. Exit code 0: success; 1: the run failed; 2: the workflow is invalid "
                     "(every fault is printed, nothing runs).",
     )
-    parser.add_argument("workflow", type=Path, help="workflow file (API-format JSON)")
+    parser.add_argument("workflow", type=Path,
+                        help="workflow file: API or editor JSON, or a PNG that carries a workflow")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
         help="override an input before running; NODE is a node id or title, VALUE is JSON or plain text "
@@ -98,22 +100,24 @@ class ProgressBars:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    executor = make_executor(args.base_dir)
     try:
-        prompt = load_workflow_file(args.workflow)
+        prompt, graph = load_workflow_file(args.workflow, executor)
         for override in args.overrides:
             apply_override(prompt, override)
     except (WorkflowFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    executor = make_executor(args.base_dir)
     validation = executor.validate(prompt)
     if not validation.ok:
         print(f"error: the workflow is invalid, nothing was run\n{validation.summary()}", file=sys.stderr)
         return EXIT_INVALID
     bars = ProgressBars(len(validation.nodes), enabled=not args.quiet)
     bars.class_of = {node_id: node.class_type for node_id, node in validation.prompt.items()}
+    if graph is None or args.overrides:
+        graph = api_to_ui(prompt, executor.registry.object_info(executor.env))
     try:
-        result = executor.run(prompt, sink=bars)
+        result = executor.run(prompt, sink=bars, extra_data={"extra_pnginfo": {"workflow": graph}})
     except InvalidPrompt as exc:
         print(f"error: the workflow is invalid, nothing was run\n{exc}", file=sys.stderr)
         return EXIT_INVALID
