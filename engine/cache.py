@@ -14,10 +14,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-
 
 def cache_key(class_type: str, version: int, constants: dict[str, Any], fingerprint: str | None,
               parents: dict[str, tuple[str, int]]) -> str:
@@ -30,16 +26,19 @@ def cache_key(class_type: str, version: int, constants: dict[str, Any], fingerpr
 
 
 def estimate_bytes(value: Any, _seen: set[int] | None = None) -> int:
-    """Memory held by a result: tensors and arrays by their buffers; objects may report `cache_bytes()`."""
+    """Memory held by a result: tensors, arrays and images by their buffers; objects may report `cache_bytes()`.
+
+    Duck-typed, so that the engine does not import torch, numpy or PIL for a check.
+    """
     seen = _seen if _seen is not None else set()
     if id(value) in seen:
         return 0
     seen.add(id(value))
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "element_size") and hasattr(value, "nelement"):  # a torch tensor
         return value.element_size() * value.nelement()
-    if isinstance(value, np.ndarray):
+    if hasattr(value, "nbytes") and hasattr(value, "dtype"):  # a numpy array
         return int(value.nbytes)
-    if isinstance(value, Image.Image):
+    if hasattr(value, "getbands") and hasattr(value, "width"):  # a PIL image
         return value.width * value.height * len(value.getbands())
     if hasattr(value, "cache_bytes"):
         return int(value.cache_bytes())

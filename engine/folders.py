@@ -6,6 +6,8 @@ that ships files). Names are relative to their folder, with forward slashes, as 
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft")
@@ -23,12 +25,44 @@ MODEL_KINDS = (
 )
 
 
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+@dataclass
+class _Listing:
+    """A folder's model files, valid while none of the directories it was read from has changed."""
+
+    names: list[str]
+    directories: dict[str, int | None]
+
+    def is_current(self) -> bool:
+        return all(_mtime(d) == stamp for d, stamp in self.directories.items())
+
+
+def _scan(folder: Path) -> _Listing:
+    names, directories = [], {}
+    for root, _, files in os.walk(folder, followlinks=True):
+        directories[root] = _mtime(root)
+        prefix = Path(root).relative_to(folder)
+        names += [(prefix / f).as_posix() for f in files if os.path.splitext(f)[1].lower() in MODEL_EXTENSIONS]
+    return _Listing(names, directories)
+
+
 class Folders:
-    """Finds and lists files under the base directory and any extra folders."""
+    """Finds and lists files under the base directory and any extra folders.
+
+    Listings are kept until a directory in them changes: validation lists model folders on every prompt, and a
+    collection of thousands of models must not make an identical re-queue slow.
+    """
 
     def __init__(self, base_dir: Path) -> None:
         self.base_dir = Path(base_dir).resolve()
         self._extra: dict[str, list[Path]] = {}
+        self._listings: dict[Path, _Listing] = {}
 
     def _dir(self, name: str) -> Path:
         path = self.base_dir / name
@@ -71,12 +105,12 @@ class Folders:
     def list(self, kind: str) -> list[str]:
         names: set[str] = set()
         for folder in self.folders(kind):
-            if folder.is_dir():
-                names.update(
-                    p.relative_to(folder).as_posix()
-                    for p in folder.rglob("*")
-                    if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS
-                )
+            if not folder.is_dir():
+                continue
+            listing = self._listings.get(folder)
+            if listing is None or not listing.is_current():
+                listing = self._listings[folder] = _scan(folder)
+            names.update(listing.names)
         return sorted(names)
 
     def find(self, kind: str, name: str) -> Path:

@@ -1,0 +1,46 @@
+"""Model folders: listing, extra folders, names that would leave their folder, and listings kept until a change."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from engine.folders import Folders
+
+
+def touch(path, content: bytes = b"x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
+def test_lists_model_files_recursively_with_extra_folders(tmp_path):
+    folders = Folders(tmp_path / "base")
+    touch(tmp_path / "base" / "models" / "loras" / "style" / "ink.safetensors")
+    touch(tmp_path / "base" / "models" / "loras" / "readme.txt")
+    touch(tmp_path / "a1111" / "Lora" / "film.safetensors")
+    folders.add("loras", tmp_path / "a1111" / "Lora")
+    assert folders.list("loras") == ["film.safetensors", "style/ink.safetensors"]
+    assert folders.find("loras", "film.safetensors") == (tmp_path / "a1111" / "Lora" / "film.safetensors").resolve()
+
+
+def test_find_refuses_names_that_leave_the_folder(tmp_path):
+    folders = Folders(tmp_path / "base")
+    touch(tmp_path / "secret.safetensors")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        folders.find("checkpoints", "../../secret.safetensors")
+
+
+def test_listing_follows_added_and_removed_files_in_nested_folders(tmp_path):
+    folders = Folders(tmp_path)
+    root = tmp_path / "models" / "checkpoints"
+    touch(root / "a.safetensors")
+    assert folders.list("checkpoints") == ["a.safetensors"]
+    time.sleep(0.01)
+    touch(root / "sub" / "deep" / "b.safetensors")
+    assert folders.list("checkpoints") == ["a.safetensors", "sub/deep/b.safetensors"]
+    time.sleep(0.01)
+    os.remove(root / "sub" / "deep" / "b.safetensors")
+    touch(root / "sub" / "deep" / "c.ckpt")
+    assert folders.list("checkpoints") == ["a.safetensors", "sub/deep/c.ckpt"]
