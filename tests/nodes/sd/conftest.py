@@ -15,9 +15,11 @@ from nodes.sd.tiny import build_tiny_pipeline_components, write_tiny_checkpoint
 TINY = "tiny.safetensors"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def one_thread():
-    """Tiny models gain nothing from threads, and threaded torch on a busy 2-core machine slows down manyfold."""
+    """Tiny models gain nothing from threads, and threaded torch on a busy 2-core machine slows down manyfold.
+
+    Used by the SD1 test modules (`pytestmark`), not forced on the other suites in this folder."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

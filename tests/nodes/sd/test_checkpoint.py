@@ -21,6 +21,8 @@ from nodes.sd.model_paths import read_extra_model_paths
 
 from .sd_helpers import output_pixels, txt2img
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()

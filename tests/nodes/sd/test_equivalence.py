@@ -16,6 +16,8 @@ from nodes.sd.vae_nodes import encode
 from .conftest import TINY
 from .sd_helpers import run_context
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPT, NEGATIVE = "a lighthouse on a cliff, oil painting", "blurry"
 PAIRS = [("euler", "normal"), ("euler_ancestral", "normal"), ("heun", "karras"), ("dpmpp_2m", "karras"),
          ("ddim", "ddim_uniform"), ("uni_pc", "sgm_uniform"), ("lms", "exponential")]

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from engine.executor import Executor
 from nodes import make_environment
 from nodes.sd.tiny import write_tiny_checkpoint
 
 from .sd_helpers import output_pixels, txt2img
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_third_checkpoint_offloads_the_least_recently_used(registry, tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ from nodes.sd.vae_nodes import encode
 from .conftest import TINY, with_checkpoint
 from .sd_helpers import output_files, output_pixels, run_context, txt2img, with_lora
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def handles(shared_executor):

@@ -12,6 +12,8 @@ import pytest
 from engine.executor import Executor
 from nodes import make_environment
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FOLDER = Path(__file__).resolve().parents[3] / "workflows"
 WORKFLOWS = [FOLDER / f"{name}.json" for name in ("txt2img", "img2img", "inpaint", "lora", "hires_fix")]
 
