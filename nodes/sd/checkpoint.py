@@ -82,6 +82,11 @@ class TensorFile:
             self.metadata = {}
             self.shapes = {k: tuple(v.shape) for k, v in self._state.items()}
 
+    @property
+    def lazy(self) -> bool:
+        """Whether tensors are read from disk on demand (safetensors) rather than held in memory (pickles)."""
+        return self._state is None
+
     def read(self, keys: list[str]) -> dict[str, torch.Tensor]:
         if self._state is not None:
             return {k: self._state[k] for k in keys}

@@ -23,6 +23,7 @@ from nodes.sd.checkpoint import CheckpointInfo, inspect_checkpoint, load_compone
 from nodes.sd.lora import LoraPatch, patched
 
 HANDLE_BYTES = 1024
+INFO_CACHE_SIZE = 16
 _INFO_CACHE: dict[str, CheckpointInfo] = {}
 
 
@@ -32,11 +33,18 @@ def model_manager(env: Environment) -> ModelManager:
 
 
 def checkpoint_info(path: Path, identity: str) -> CheckpointInfo:
-    """Header facts of a checkpoint, read once per file content."""
+    """Header facts of a checkpoint, read once per file content (a few recent files are remembered).
+
+    An opted-in pickled file has no header to read lazily: its whole state dict is loaded, so it is not kept.
+    """
     info = _INFO_CACHE.get(identity)
     if info is None:
         info = inspect_checkpoint(path)
-        _INFO_CACHE[identity] = info
+        tensors = info.extra.get("tensors")
+        if tensors is None or tensors.lazy:
+            if len(_INFO_CACHE) >= INFO_CACHE_SIZE:
+                _INFO_CACHE.pop(next(iter(_INFO_CACHE)))
+            _INFO_CACHE[identity] = info
     return info
 
 

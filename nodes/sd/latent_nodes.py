@@ -79,6 +79,7 @@ class EmptyLatentImage(Node):
     """A batch of empty latent images to start text-to-image sampling from."""
 
     CATEGORY = "latent"
+    DISPLAY_NAME = "Empty Latent Image"
     RETURN_TYPES = ("LATENT",)
 
     width: int = Input(512, ge=16, le=MAX_RESOLUTION, step=8, tooltip="The width of the images in pixels.")

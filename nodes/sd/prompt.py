@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -190,6 +189,3 @@ def encode_prompt(text: str, encoder: torch.nn.Module, tokenizer, layer: int = -
         hidden = empty + (hidden - empty) * weights[..., None]
     return hidden.reshape(1, -1, width).cpu()
 
-
-def embedding_names(folders: Folders) -> list[str]:
-    return [Path(n).with_suffix("").as_posix() for n in folders.list("embeddings")]

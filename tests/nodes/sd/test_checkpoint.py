@@ -150,6 +150,18 @@ def test_pickled_checkpoints_are_refused_unless_allowed(tmp_path: Path, monkeypa
         inspect_checkpoint(path)
 
 
+def test_pickled_checkpoint_loads_when_the_user_opts_in(tiny_parts, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodes.sd.checkpoint import load_component
+
+    state = {**unet_to_ldm(tiny_parts.unet), **vae_to_ldm(tiny_parts.vae),
+             **text_encoder_to_ldm(tiny_parts.text_encoder)}
+    torch.save({"state_dict": state}, tmp_path / "model.ckpt")
+    monkeypatch.setenv("LATENTGRAPH_ALLOW_PICKLE", "1")
+    info = inspect_checkpoint(tmp_path / "model.ckpt")
+    assert _state_equal(load_component(info, "unet"), tiny_parts.unet)
+
+
 def test_extra_model_paths_yaml(tmp_path: Path, registry) -> None:
     a1111 = tmp_path / "webui"
     (a1111 / "models" / "Stable-diffusion").mkdir(parents=True)
