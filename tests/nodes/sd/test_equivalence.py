@@ -76,3 +76,34 @@ def test_cfg_one_skips_the_unconditional_pass(handles) -> None:
     a = sample(model, negative=_conditioning(clip, "one thing"), **common)["samples"]
     b = sample(model, negative=_conditioning(clip, "something else entirely"), **common)["samples"]
     assert torch.equal(a, b)
+
+
+def test_v_prediction_txt2img_equals_pipeline(registry, tiny_parts, tmp_path) -> None:
+    """A checkpoint marked v-prediction (ComfyUI's `v_pred` key) samples as diffusers does with v_prediction."""
+    from engine.executor import Executor
+    from nodes import make_environment
+    from nodes.sd.checkpoint_save import save_single_file
+
+    save_single_file(tiny_parts.unet, tiny_parts.vae, tiny_parts.text_encoder,
+                     tmp_path / "models" / "checkpoints" / "v.safetensors", prediction_type="v_prediction")
+    env = Executor(registry, make_environment(tmp_path)).env
+    model, clip, _ = CheckpointLoaderSimple(ckpt_name="v.safetensors").execute(run_context(env))
+    assert model.prediction_type == "v_prediction"
+    ours = sample(model, seed=5, steps=4, cfg=7.0, sampler_name="dpmpp_2m", scheduler_name="karras",
+                  positive=_conditioning(clip, PROMPT), negative=_conditioning(clip, NEGATIVE),
+                  latent={"samples": torch.zeros(1, 4, 8, 8)})["samples"]
+    pipe = _pipeline(StableDiffusionPipeline, tiny_parts, make_scheduler("dpmpp_2m", "karras", model.scheduler_config))
+    theirs = pipe(PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=4, guidance_scale=7.0,
+                  generator=torch.Generator().manual_seed(5), output_type="latent").images
+    assert torch.allclose(ours * model.latent_scale, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_index_gives_each_image_its_own_noise() -> None:
+    """As in ComfyUI: image i of a batch gets the i-th draw of the seed, so one image can be re-made alone."""
+    from nodes.sd.sampling import prepare_noise
+
+    whole, _ = prepare_noise(torch.zeros(3, 4, 8, 8), 42)
+    picked, _ = prepare_noise(torch.zeros(1, 4, 8, 8), 42, batch_index=[2])
+    pair, _ = prepare_noise(torch.zeros(2, 4, 8, 8), 42, batch_index=[2, 0])
+    assert torch.equal(picked[0], whole[2])
+    assert torch.equal(pair[0], whole[2]) and torch.equal(pair[1], whole[0])
