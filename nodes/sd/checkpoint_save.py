@@ -28,11 +28,11 @@ from nodes.sd.ldm_keys import (
     vae_key_to_ldm,
 )
 
-UNET_HINTS = ("attention_head_dim", "upcast_attention", "sample_size", "act_fn", "norm_eps", "flip_sin_to_cos",
-              "freq_shift")
+UNET_HINTS = ("attention_head_dim", "upcast_attention", "sample_size", "act_fn", "norm_eps", "norm_num_groups",
+              "flip_sin_to_cos", "freq_shift")
 TEXT_HINTS = ("num_attention_heads", "hidden_act", "layer_norm_eps", "bos_token_id", "eos_token_id", "pad_token_id",
               "projection_dim")
-VAE_HINTS = ("scaling_factor", "sample_size", "act_fn")
+VAE_HINTS = ("scaling_factor", "sample_size", "act_fn", "norm_num_groups")
 SCHEDULER_HINTS = ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "prediction_type")
 
 

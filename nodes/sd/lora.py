@@ -97,6 +97,9 @@ def lora_deltas(tensors: dict[str, torch.Tensor], model: torch.nn.Module, target
             alpha = tensors.get(base + ".alpha")
             scale = float(alpha) / rank if alpha is not None else 1.0
             delta = up.flatten(1).float() @ down.flatten(1).float()
+            if delta.numel() != weight.numel():
+                raise ValueError(f"LoRA weights for {module} do not fit this model: {tuple(up.shape[:1])}x"
+                                 f"{tuple(down.shape[1:])} against a weight of shape {tuple(weight.shape)}")
             deltas[module + ".weight"] = (delta * scale).reshape(weight.shape)
     return deltas
 

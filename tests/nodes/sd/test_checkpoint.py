@@ -200,3 +200,19 @@ def test_standalone_vae_file_decodes_like_the_checkpoint_vae(registry, tiny_part
     result = executor.run(workflow)
     assert result.status == "success", result.error
     assert np.array_equal(output_pixels(executor.env, result)[0], reference)
+
+
+def test_settings_shapes_cannot_tell_travel_in_the_metadata(tiny_parts, tmp_path: Path) -> None:
+    """A VAE with one norm group and a UNet with 4 heads load back with those settings, not SD's conventions."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from nodes.sd.checkpoint import load_component
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(dict(tiny_parts.vae.config, norm_num_groups=1))
+    unet = UNet2DConditionModel.from_config(dict(tiny_parts.unet.config, attention_head_dim=4))
+    path = save_single_file(unet, vae, tiny_parts.text_encoder, tmp_path / "odd.safetensors")
+    info = inspect_checkpoint(path)
+    assert load_component(info, "vae").config.norm_num_groups == 1
+    loaded = load_component(info, "unet")
+    assert loaded.config.attention_head_dim == 4 and _state_equal(loaded, unet)
