@@ -126,6 +126,15 @@ class ClipHandle(_Handle):
     def pad_token(self) -> str | None:
         return "!" if self.family == "sd2" else None
 
+    @property
+    def encoder_layer(self) -> int:
+        """The layer of the loaded encoder that `layer` (ComfyUI's numbering) means.
+
+        SD2.x's encoder is loaded without OpenCLIP's last block, which SD2.x never uses, so ComfyUI's -2 (its
+        default for SD2.x) is our last layer; -1, that unused block, falls back to the last layer we have.
+        """
+        return min(-1, self.layer + 1) if self.family == "sd2" else self.layer
+
     def with_patch(self, patch: LoraPatch) -> ClipHandle:
         return replace(self, patches=(*self.patches, patch))
 

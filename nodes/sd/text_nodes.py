@@ -29,7 +29,7 @@ class CLIPTextEncode(Node):
             return ([[context, {"pooled_output": pooled}]],)
         with self.clip.use() as encoder:
             embeddings = encode_prompt(self.text, encoder, load_clip_tokenizer(self.clip.pad_token),
-                                       self.clip.layer, ctx.env.folders)
+                                       self.clip.encoder_layer, ctx.env.folders)
         return ([[embeddings, {"pooled_output": None}]],)
 
 
@@ -44,11 +44,12 @@ class CLIPSetLastLayer(Node):
     stop_at_clip_layer: int = Input(-1, ge=-24, le=-1, step=1)
 
     def execute(self, ctx: RunContext) -> tuple:
+        chosen = self.clip.with_layer(self.stop_at_clip_layer)
         with self.clip.use() as encoder:
             layers = encoder.config.num_hidden_layers
-        if -self.stop_at_clip_layer > layers:
+        if -getattr(chosen, "encoder_layer", self.stop_at_clip_layer) > layers:
             raise ValueError(f"stop_at_clip_layer {self.stop_at_clip_layer}: this text encoder has {layers} layers")
-        return (self.clip.with_layer(self.stop_at_clip_layer),)
+        return (chosen,)
 
 
 class ConditioningCombine(Node):
