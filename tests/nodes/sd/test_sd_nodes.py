@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,21 @@ def test_workflow_examples_are_copied_to_a_fresh_input_folder(tmp_path: Path) ->
     shutil.rmtree(env.folders.input_dir)
     make_environment(tmp_path)
     assert (tmp_path / "input" / "example_inpaint.png").is_file()
+
+
+def test_sd2_layer_numbering_follows_comfyui(handles) -> None:
+    _, clip, _ = handles
+    sd2 = replace(clip, family="sd2")
+    assert [sd2.with_layer(n).encoder_layer for n in (-1, -2, -3)] == [-1, -1, -2]
+    assert [clip.with_layer(n).encoder_layer for n in (-1, -2)] == [-1, -2]
+
+
+def test_latent_upscale_keeps_aspect_for_a_zero_side_and_the_noise_mask(shared_executor) -> None:
+    from nodes.sd.latent_nodes import LatentUpscale, LatentUpscaleBy
+
+    latent = {"samples": torch.randn(1, 4, 8, 16), "noise_mask": torch.ones(1, 1, 64, 128)}
+    ctx = run_context(shared_executor.env)
+    (out,) = LatentUpscale(samples=latent, upscale_method="bilinear", width=0, height=128, crop="disabled").execute(ctx)
+    assert out["samples"].shape == (1, 4, 16, 32) and out["noise_mask"] is latent["noise_mask"]
+    (by,) = LatentUpscaleBy(samples=latent, upscale_method="bislerp", scale_by=1.5).execute(ctx)
+    assert by["samples"].shape == (1, 4, 12, 24)
