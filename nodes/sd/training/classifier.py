@@ -77,11 +77,19 @@ def _prototypes(resolution: int) -> dict[tuple[str, str], tuple[float, float, fl
     return result
 
 
-def classify(image: Image.Image | np.ndarray) -> Reading:
-    """Reads a scene back from an RGB image (PIL, HxWx3 uint8, or floats in 0..1)."""
+def shape_rgb(image: Image.Image | np.ndarray) -> np.ndarray | None:
+    """The median colour of the shape (the largest blob that stands out from the background), or None."""
     pixels = _to_array(image)
-    resolution = pixels.shape[0]
-    border = np.concatenate(
+    background = np.median(_border(pixels), axis=0)
+    mask = _shape_mask(pixels, background)
+    if mask.sum() < MIN_AREA * (pixels.shape[0] / 64) ** 2:
+        return None
+    core = ndimage.binary_erosion(mask)
+    return np.median(pixels[core if core.sum() >= 4 else mask], axis=0)
+
+
+def _border(pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate(
         [
             pixels[:BORDER].reshape(-1, 3),
             pixels[-BORDER:].reshape(-1, 3),
@@ -89,7 +97,13 @@ def classify(image: Image.Image | np.ndarray) -> Reading:
             pixels[:, -BORDER:].reshape(-1, 3),
         ]
     )
-    background_rgb = np.median(border, axis=0)
+
+
+def classify(image: Image.Image | np.ndarray) -> Reading:
+    """Reads a scene back from an RGB image (PIL, HxWx3 uint8, or floats in 0..1)."""
+    pixels = _to_array(image)
+    resolution = pixels.shape[0]
+    background_rgb = np.median(_border(pixels), axis=0)
     background = nearest_colour(background_rgb)
     mask = _shape_mask(pixels, background_rgb)
     if mask.sum() < MIN_AREA * (resolution / 64) ** 2:

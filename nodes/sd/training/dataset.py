@@ -97,10 +97,11 @@ def _star_points(cx: float, cy: float, radius: float) -> list[tuple[float, float
     return points
 
 
-def render(scene: Scene, resolution: int = 64) -> Image.Image:
-    """Draw a scene (anti-aliased by drawing large and shrinking) as an RGB image."""
+def render(scene: Scene, resolution: int = 64, palette: dict[str, tuple[int, int, int]] | None = None) -> Image.Image:
+    """Draw a scene (anti-aliased by drawing large and shrinking) as an RGB image; `palette` adds colours."""
+    colours = {**COLOURS, **(palette or {})}
     big = resolution * SUPERSAMPLE
-    image = Image.new("RGB", (big, big), COLOURS[scene.background])
+    image = Image.new("RGB", (big, big), colours[scene.background])
     draw = ImageDraw.Draw(image)
     scale = big / 64
     extent = SIZES[scene.size] * scale
@@ -108,7 +109,7 @@ def render(scene: Scene, resolution: int = 64) -> Image.Image:
     cx = fx * big + scene.jitter[0] * scale
     cy = fy * big + scene.jitter[1] * scale
     half = extent / 2
-    fill = COLOURS[scene.colour]
+    fill = colours[scene.colour]
     box = (cx - half, cy - half, cx + half, cy + half)
     if scene.shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -160,13 +161,14 @@ def held_out_scenes(count: int, seed: int = 7) -> list[Scene]:
     return scenes
 
 
-def write_folder(scenes: list[Scene], folder: Path, resolution: int = 64) -> list[Path]:
+def write_folder(scenes: list[Scene], folder: Path, resolution: int = 64,
+                 palette: dict[str, tuple[int, int, int]] | None = None) -> list[Path]:
     """Write scenes as a kohya-style folder (NAME.png + NAME.txt caption), e.g. for LoRA training."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, scene in enumerate(scenes):
         path = folder / f"{i:05d}.png"
-        render(scene, resolution).save(path)
+        render(scene, resolution, palette).save(path)
         path.with_suffix(".txt").write_text(scene.caption() + "\n")
         paths.append(path)
     return paths

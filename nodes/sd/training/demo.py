@@ -56,6 +56,7 @@ class DemoConfig:
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     checkpoint_seconds: float = 180.0
+    log_every: int = 20
 
     @classmethod
     def from_dict(cls, data: dict) -> DemoConfig:
@@ -85,6 +86,7 @@ PRESETS: dict[str, DemoConfig] = {
         warmup_steps=5,
         ema_decay=0.9,
         checkpoint_seconds=1e9,
+        log_every=1,
     ),
 }
 
@@ -181,7 +183,7 @@ def _train_vae(state: TrainState, folder: Path, progress: bool) -> None:
         state.step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if state.step % 20 == 0:
+        if state.step % cfg.log_every == 0:
             _log(folder, {"stage": "vae", "step": state.step, "loss": loss.item(), "time": state.elapsed_seconds})
         clock.tick()
     bar.close()
@@ -283,7 +285,7 @@ def _train_unet(state: TrainState, folder: Path, progress: bool) -> None:
         state.step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if state.step % 20 == 0:
+        if state.step % cfg.log_every == 0:
             _log(folder, {"stage": "unet", "step": state.step, "loss": loss.item(), "time": state.elapsed_seconds})
         clock.tick()
     bar.close()

@@ -1,0 +1,62 @@
+"""A seconds-long demo training run at tiny sizes: its loss falls, and the checkpoint it writes loads through
+CheckpointLoaderSimple and runs the shipped txt2img workflow."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from nodes.sd.training.demo import PRESETS, TrainState, loss_history, train_demo
+from nodes.sd.training.evaluate import load_workflow, make_executor
+from nodes.sd.training.export import write_diffusers_folder, write_single_file
+
+WORKFLOW = Path(__file__).resolve().parents[4] / "workflows" / "txt2img.json"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainState]:
+    folder = tmp_path_factory.mktemp("tiny-run")
+    return folder, train_demo(folder, copy.deepcopy(PRESETS["tiny"]), progress=False)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def test_losses_fall(run: tuple[Path, TrainState]) -> None:
+    folder, state = run
+    assert state.stage == "done"
+    vae, unet = loss_history(folder, "vae"), loss_history(folder, "unet")
+    assert len(unet) == PRESETS["tiny"].unet_steps
+    assert _mean(vae[-5:]) < _mean(vae[:5])
+    assert _mean(unet[-15:]) < _mean(unet[:15])
+
+
+def test_finished_run_resumes_to_the_same_state(run: tuple[Path, TrainState]) -> None:
+    folder, state = run
+    again = train_demo(folder, progress=False)
+    assert again.step == state.step and again.stage == "done"
+    for key, value in state.ema_unet.items():
+        assert torch.equal(value, again.ema_unet[key])
+
+
+def test_checkpoint_runs_the_txt2img_workflow(run: tuple[Path, TrainState], tmp_path: Path) -> None:
+    _, state = run
+    models = tmp_path / "models"
+    write_single_file(state, models / "tiny-demo.safetensors")
+    write_diffusers_folder(state, models / "tiny-demo")
+    executor = make_executor(tmp_path / "base", extra_checkpoints=models)
+    for name in ("tiny-demo.safetensors", "tiny-demo"):
+        prompt = load_workflow(WORKFLOW)
+        loader = next(i for i, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple")
+        prompt[loader]["inputs"]["ckpt_name"] = name
+        for node in prompt.values():
+            if node["class_type"] == "KSampler":
+                node["inputs"]["steps"] = 4
+        result = executor.run(prompt)
+        assert result.status == "success", result.error
+        images = [img for out in result.outputs.values() for img in out.get("images", [])]
+        assert len(images) == 1
