@@ -14,12 +14,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import safe_open
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from nodes.sd.detect import Detected, UnknownCheckpoint, detect, family_config, vae_config
 from nodes.sd.ldm_keys import (
@@ -32,6 +30,10 @@ from nodes.sd.ldm_keys import (
     unet_key_to_ldm,
     vae_key_to_ldm,
 )
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ALLOW_PICKLE_ENV = "LATENTGRAPH_ALLOW_PICKLE"
@@ -172,16 +174,19 @@ def _materialize(model: torch.nn.Module, state: Mapping[str, torch.Tensor], dtyp
 
 
 def build_unet(config: Mapping[str, Any]) -> UNet2DConditionModel:
+    from diffusers import UNet2DConditionModel
     with torch.device("meta"):
         return UNet2DConditionModel.from_config(dict(config))
 
 
 def build_vae(config: Mapping[str, Any]) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
     with torch.device("meta"):
         return AutoencoderKL.from_config(dict(config))
 
 
 def build_text_encoder(config: Mapping[str, Any]) -> CLIPTextModel:
+    from transformers import CLIPTextConfig, CLIPTextModel
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
     with torch.device("meta"):
         return CLIPTextModel(CLIPTextConfig(**clean))
@@ -249,6 +254,8 @@ def load_component(info: CheckpointInfo, component: str, dtype: torch.dtype = to
 
 
 def _load_diffusers_component(path: Path, component: str, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
     folder = path / component
     weights = list(folder.glob("*.safetensors"))
     if not weights:

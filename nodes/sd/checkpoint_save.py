@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPTextModel
 
 from nodes.sd.detect import METADATA_KEY, family_config
 from nodes.sd.ldm_keys import (
@@ -27,6 +25,10 @@ from nodes.sd.ldm_keys import (
     unet_key_to_ldm,
     vae_key_to_ldm,
 )
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
 UNET_HINTS = ("attention_head_dim", "upcast_attention", "sample_size", "act_fn", "norm_eps", "norm_num_groups",
               "flip_sin_to_cos", "freq_shift")

@@ -14,11 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
-from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
 from engine.context import Environment
 from engine.devices import weight_dtype
@@ -42,10 +40,17 @@ from nodes.sd.sd3 import (
 )
 from nodes.sd.sdxl import inspect_sdxl, is_sdxl, load_sdxl_component, sdxl_family_of_folder
 
+if TYPE_CHECKING:
+    from diffusers import SD3Transformer2DModel
+
 FAMILIES = ("sdxl", "sdxl_refiner", "sd3")
 T5_TOKENIZER_DIR = "t5_tokenizer"
-_FOLDER_CLASSES: dict[str, type] = {"unet": UNet2DConditionModel, "vae": AutoencoderKL,
-                                    "transformer": SD3Transformer2DModel, "text_encoder_3": T5EncoderModel}
+
+def _folder_classes() -> dict[str, type]:
+    from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
+    from transformers import T5EncoderModel
+    return {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "transformer": SD3Transformer2DModel,
+            "text_encoder_3": T5EncoderModel}
 
 
 def describe_keys(shapes: Shapes) -> str:
@@ -94,6 +99,7 @@ def inspect_family(path: Path) -> CheckpointInfo | None:
 def load_family_component(info: CheckpointInfo, component: str, dtype: torch.dtype = torch.float32
                           ) -> torch.nn.Module:
     """One component of an SDXL or SD3 checkpoint (single file or diffusers folder), on the CPU, in eval mode."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
     if info.kind == "diffusers":
         folder = info.path / component
         if not folder.is_dir():
@@ -102,7 +108,7 @@ def load_family_component(info: CheckpointInfo, component: str, dtype: torch.dty
         if not weights:
             for pickled in folder.glob("*.bin"):
                 refuse_pickle(pickled)
-        cls = _FOLDER_CLASSES.get(component)
+        cls = _folder_classes().get(component)
         if cls is None:
             projection = info.family == "sd3" or component == "text_encoder_2"
             cls = CLIPTextModelWithProjection if projection else CLIPTextModel
@@ -194,6 +200,7 @@ def find_t5_tokenizer(folders: Folders, near: Path | None = None) -> Path | None
 
 
 def load_t5_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 

@@ -14,14 +14,16 @@ exactly x_sigma.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import diffusers
 import torch
 from PIL import Image
 
 from nodes.sd.model_inputs import denoiser_output
 from nodes.sd.sampling import Conditioning, _mask_for, latent_preview, prepare_noise
+
+if TYPE_CHECKING:
+    pass
 
 FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("FlowMatchEulerDiscreteScheduler", {}),
@@ -52,6 +54,7 @@ def flow_combination_error(sampler: str, scheduler: str) -> str | None:
 
 
 def make_flow_scheduler(sampler: str, scheduler: str, base_config: dict[str, Any]) -> Any:
+    import diffusers
     error = flow_combination_error(sampler, scheduler)
     if error:
         raise ValueError(error)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib.util
 import inspect
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import diffusers
+if TYPE_CHECKING:
+    pass
+
 
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
@@ -56,6 +58,7 @@ _ONLY = {"lcm": ("normal", "sgm_uniform", "simple")}
 
 @cache
 def _parameters(class_name: str) -> frozenset[str]:
+    import diffusers
     return frozenset(inspect.signature(getattr(diffusers, class_name).__init__).parameters)
 
 
@@ -89,6 +92,7 @@ def combination_error(sampler: str, scheduler: str) -> str | None:
 
 def make_scheduler(sampler: str, scheduler: str, base_config: dict[str, Any]) -> Any:
     """A fresh diffusers scheduler for the pair, on the model's noise schedule (betas, prediction type)."""
+    import diffusers
     error = combination_error(sampler, scheduler)
     if error:
         raise ValueError(error)

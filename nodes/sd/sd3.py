@@ -16,12 +16,10 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, SD3Transformer2DModel
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from nodes.sd.checkpoint import CheckpointInfo, TensorFile, _materialize, _vae_state, build_vae, file_identity
 from nodes.sd.checkpoint_save import vae_to_ldm
@@ -36,6 +34,10 @@ from nodes.sd.detect import (
     vae_config,
 )
 from nodes.sd.ldm_keys import UNET_PREFIX, VAE_PREFIX
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
 TEXT_PREFIXES = {"text_encoder": "text_encoders.clip_l.transformer.",
                  "text_encoder_2": "text_encoders.clip_g.transformer.",
@@ -215,17 +217,20 @@ def inspect_sd3(path: Path, tensors: TensorFile) -> CheckpointInfo:
 
 
 def build_transformer(config: Mapping[str, Any]) -> SD3Transformer2DModel:
+    from diffusers import SD3Transformer2DModel
     with torch.device("meta"):
         return SD3Transformer2DModel.from_config(dict(config))
 
 
 def build_clip(config: Mapping[str, Any]) -> CLIPTextModelWithProjection:
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
     with torch.device("meta"):
         return CLIPTextModelWithProjection(CLIPTextConfig(**clean))
 
 
 def build_t5(config: Mapping[str, Any]) -> T5EncoderModel:
+    from transformers import T5Config, T5EncoderModel
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
     with torch.device("meta"):
         return T5EncoderModel(T5Config(**clean))

@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from nodes.sd.checkpoint import (
     CheckpointInfo,
@@ -44,6 +42,10 @@ from nodes.sd.detect import (
 )
 from nodes.sd.detect import unet_config as sd_unet_config
 from nodes.sd.ldm_keys import UNET_PREFIX, VAE_PREFIX, hf_to_open_clip, open_clip_to_hf, unet_key_to_ldm
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 EMBEDDERS = "conditioner.embedders."
 BASE_CLIP_L = "conditioner.embedders.0.transformer."
@@ -142,6 +144,7 @@ def inspect_sdxl(path: Path, tensors: TensorFile) -> CheckpointInfo:
 
 
 def build_text_encoder(config: Mapping[str, Any], projection: bool) -> CLIPTextModel | CLIPTextModelWithProjection:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
     cls = CLIPTextModelWithProjection if projection else CLIPTextModel
     with torch.device("meta"):

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from nodes.sd.checkpoint_save import save_single_file
 from nodes.sd.detect import family_config
 from nodes.sd.tokenizer import load_clip_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 TEXT_WIDTH = 32
 
@@ -33,6 +36,8 @@ class TinyComponents:
 
 def build_tiny_pipeline_components(seed: int = 0) -> TinyComponents:
     """The same tiny random model for the same seed, on every machine (CPU float32)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "configs" / "clip_tokenizer"
 
 
 @cache
 def _load(pad_token: str | None) -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
     kwargs = {} if pad_token is None else {"pad_token": pad_token}
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True, **kwargs)
 
