@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from nodes.sd.model_inputs import denoiser_output
-from nodes.sd.sampling import Conditioning, _mask_for, latent_preview, prepare_noise
+from nodes.sd.sampling import Conditioning, _mask_for, latent_preview, prepare_noise, step_window
 
 if TYPE_CHECKING:
     pass
@@ -112,13 +112,10 @@ def sample_flow(model: Any, *, seed: int, steps: int, cfg: float, sampler_name: 
     """Denoises `latent` with a flow-matching MODEL (same arguments as nodes.sd.sampling.sample)."""
     samples_in = latent["samples"].float()
     out_latent = dict(latent)
-    if denoise <= 0:
+    window = step_window(steps, denoise, start_step, end_step)
+    if window is None:
         return out_latent
-    total = steps if denoise >= 0.9999 else max(int(steps / denoise), steps)
-    offset = total - steps
-    first, last = offset + start_step, offset + min(end_step, steps)
-    if first >= last:
-        return out_latent
+    total, first, last = window
     scheduler = make_flow_scheduler(sampler_name, scheduler_name, model.scheduler_config)
     scale, shift = model.latent_scale, model.latent_shift
     with model.use() as net:

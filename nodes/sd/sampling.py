@@ -143,6 +143,17 @@ def _step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
     return kwargs
 
 
+def step_window(steps: int, denoise: float, start_step: int, end_step: int) -> tuple[int, int, int] | None:
+    """(schedule length, first step, end step) as ComfyUI runs them: `denoise < 1` takes the last `steps` of a
+    `steps / denoise` schedule, and start/end steps cut that window; None when there is nothing to run."""
+    if denoise <= 0:
+        return None
+    total = steps if denoise >= 0.9999 else max(int(steps / denoise), steps)
+    offset = total - steps
+    first, last = offset + start_step, offset + min(end_step, steps)
+    return (total, first, last) if first < last else None
+
+
 @torch.no_grad()
 def sample(model: ModelHandle, *, seed: int, steps: int, cfg: float, sampler_name: str, scheduler_name: str,
            positive: Conditioning, negative: Conditioning, latent: dict[str, Any], denoise: float = 1.0,
@@ -160,13 +171,10 @@ def sample(model: ModelHandle, *, seed: int, steps: int, cfg: float, sampler_nam
                            check_interrupt=check_interrupt)
     samples_in = latent["samples"].float()
     out_latent = dict(latent)
-    if denoise <= 0:
+    window = step_window(steps, denoise, start_step, end_step)
+    if window is None:
         return out_latent
-    total = steps if denoise >= 0.9999 else max(int(steps / denoise), steps)
-    offset = total - steps
-    first, last = offset + start_step, offset + min(end_step, steps)
-    if first >= last:
-        return out_latent
+    total, first, last = window
     scheduler = make_scheduler(sampler_name, scheduler_name, model.scheduler_config)
     scale = model.latent_scale
     with model.use() as unet:
