@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.folders import Folders
-from nodes.sd.prompt import chunk_tokens, parse_weights, tokenize_weighted
+from nodes.sd.prompt import chunk_tokens, parse_weights, run_with_embeddings, tokenize_weighted
 from nodes.sd.tokenizer import load_clip_tokenizer
 
 T5_TOKENS = 256
@@ -38,20 +38,7 @@ class Encoded:
 
 def _run(encoder: torch.nn.Module, ids: torch.Tensor, layer: int, vectors: Mapping[tuple[int, int], torch.Tensor]
          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    embedding = encoder.get_input_embeddings()
-
-    def inject(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        output = output.clone()
-        for (row, col), vector in vectors.items():
-            output[row, col] = vector.to(output.dtype)
-        return output
-
-    hook = embedding.register_forward_hook(inject) if vectors else None
-    try:
-        out = encoder(input_ids=ids, output_hidden_states=True)
-    finally:
-        if hook is not None:
-            hook.remove()
+    out = run_with_embeddings(encoder, ids, vectors, output_hidden_states=True)
     pooled = getattr(out, "text_embeds", None)
     if pooled is None:
         pooled = getattr(out, "pooler_output", None)

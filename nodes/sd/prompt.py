@@ -11,7 +11,9 @@ with all weights 1 the result equals diffusers' encoding of the same prompt.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -146,10 +148,9 @@ def chunk_tokens(groups: list[list[Token]], bos: int, eos: int, pad: int) -> lis
     return chunks
 
 
-def _hidden(encoder: torch.nn.Module, ids: torch.Tensor, layer: int, vectors: dict[tuple[int, int], torch.Tensor],
-            ) -> torch.Tensor:
-    """The encoder's hidden states at `layer` (-1: last), with the final layer norm, embedding vectors injected."""
-    embedding = encoder.get_input_embeddings()
+def run_with_embeddings(encoder: torch.nn.Module, ids: torch.Tensor,
+                        vectors: Mapping[tuple[int, int], torch.Tensor], **kwargs: Any) -> Any:
+    """Runs a text encoder with textual-inversion vectors written over the token embeddings at (row, column)."""
 
     def inject(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         output = output.clone()
@@ -157,12 +158,18 @@ def _hidden(encoder: torch.nn.Module, ids: torch.Tensor, layer: int, vectors: di
             output[row, col] = vector.to(output.dtype)
         return output
 
-    hook = embedding.register_forward_hook(inject) if vectors else None
+    hook = encoder.get_input_embeddings().register_forward_hook(inject) if vectors else None
     try:
-        out = encoder(input_ids=ids, output_hidden_states=layer != -1)
+        return encoder(input_ids=ids, **kwargs)
     finally:
         if hook is not None:
             hook.remove()
+
+
+def _hidden(encoder: torch.nn.Module, ids: torch.Tensor, layer: int, vectors: dict[tuple[int, int], torch.Tensor],
+            ) -> torch.Tensor:
+    """The encoder's hidden states at `layer` (-1: last), with the final layer norm, embedding vectors injected."""
+    out = run_with_embeddings(encoder, ids, vectors, output_hidden_states=layer != -1)
     if layer == -1:
         return out.last_hidden_state
     final_norm = encoder.text_model.final_layer_norm if hasattr(encoder, "text_model") else encoder.final_layer_norm
