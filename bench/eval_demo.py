@@ -5,7 +5,7 @@ positions); each image is read back by the deterministic pixel classifier. Print
 against the targets (colour >= 90%, background >= 95%, shape >= 70%), and writes the results as JSON and a
 contact sheet PNG (green frame: all three attributes read right).
 
-    python bench/eval_demo.py [--checkpoint NAME_OR_PATH] [--count 56] [--cfg 5] [--steps 20]
+    python bench/eval_demo.py [--checkpoint NAME_OR_PATH] [--count 56] [--cfg 7] [--steps 20]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="latentgraph-demo.safetensors", help="name or path of the model")
     parser.add_argument("--count", type=int, default=56, help="held-out prompts to generate")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=CARD_DIR / "latentgraph-demo-eval.json")
     parser.add_argument("--sheet", type=Path, default=CARD_DIR / "latentgraph-demo-samples.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import sys
 from pathlib import Path
@@ -13,15 +14,17 @@ from server.commands.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, add_base_
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from nodes.sd.training.demo import PRESETS, train_demo
+    from nodes.sd.training.demo import PRESETS, STATE_FILE, train_demo
     from nodes.sd.training.export import write_diffusers_folder, write_single_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = PRESETS[args.preset]
-    if args.unet_steps is not None:
-        config.unet_steps = args.unet_steps
-    state = train_demo(args.out, config, progress=not args.quiet)
+    config = None
+    if not (args.out / STATE_FILE).exists() or args.unet_steps is not None:
+        config = copy.deepcopy(PRESETS[args.preset])
+        if args.unet_steps is not None:
+            config.unet_steps = args.unet_steps
+    state = train_demo(args.out, config, progress=not args.quiet, finish=args.finish)
     single = write_single_file(state, args.out / "latentgraph-demo.safetensors")
     folder = write_diffusers_folder(state, args.out / "latentgraph-demo")
     print(f"trained {state.config.unet_steps} UNet steps in {state.elapsed_seconds / 60:.1f} min")
@@ -84,6 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--preset", choices=["demo", "tiny"], default="demo", help="model and schedule sizes")
     demo.add_argument("--unet-steps", type=int, default=None, help="UNet steps (raise it to train a run longer)")
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--finish", action="store_true",
+                      help="end a stopped run at its last checkpoint and export it, instead of resuming it")
     demo.add_argument("--install", action="store_true", help="copy the result into BASE_DIR/models/checkpoints")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)

@@ -293,10 +293,12 @@ def _train_unet(state: TrainState, folder: Path, progress: bool) -> None:
     clock.tick(force=True)
 
 
-def train_demo(folder: Path, config: DemoConfig | None = None, *, progress: bool = True) -> TrainState:
+def train_demo(folder: Path, config: DemoConfig | None = None, *, progress: bool = True,
+               finish: bool = False) -> TrainState:
     """Runs (or resumes) every remaining stage into `folder` and returns the final state.
 
     A folder that already holds a state resumes it; `config` then only raises the step counts (to train longer).
+    `finish` ends a run stopped during its UNet stage where its last checkpoint is, instead of resuming it.
     """
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / STATE_FILE).exists():
@@ -309,6 +311,10 @@ def train_demo(folder: Path, config: DemoConfig | None = None, *, progress: bool
                 state.stage = "unet"
     else:
         state = TrainState(config=copy.deepcopy(config or PRESETS["demo"]))
+        state.save(folder)
+    if finish and state.stage == "unet" and state.ema_unet:
+        state.config.unet_steps = state.step
+        state.stage = "done"
         state.save(folder)
     if state.stage == "vae":
         _train_vae(state, folder, progress)

@@ -27,7 +27,7 @@ class Settings:
     checkpoint: str = "latentgraph-demo.safetensors"
     size: int = 64
     steps: int = 20
-    cfg: float = 5.0
+    cfg: float = 7.0
     sampler: str = "euler"
     scheduler: str = "normal"
     seed: int = 0
