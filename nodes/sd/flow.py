@@ -14,16 +14,13 @@ exactly x_sigma.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image
 
 from nodes.sd.model_inputs import denoiser_output
 from nodes.sd.sampling import Conditioning, _mask_for, latent_preview, prepare_noise, step_window
-
-if TYPE_CHECKING:
-    pass
 
 FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("FlowMatchEulerDiscreteScheduler", {}),
