@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from nodes.sd.model_inputs import denoiser_output
-from nodes.sd.sampling import Conditioning, _mask_for, latent_preview, prepare_noise, step_window
+from nodes.sd.sampling import Conditioning, _mask_for, guided, latent_preview, prepare_noise, step_window
 
 FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("FlowMatchEulerDiscreteScheduler", {}),
@@ -73,32 +72,6 @@ def _sigmas(scheduler: Any) -> torch.Tensor:
     return sigmas
 
 
-def _guided(family: str, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, positive: Conditioning,
-            negative: Conditioning, cfg: float) -> torch.Tensor:
-    """CFG-combined output; entries with equal token length share one batched call."""
-    entries = [(emb, opts, True) for emb, opts in negative] if cfg != 1.0 else []
-    entries += [(emb, opts, False) for emb, opts in positive]
-    batch, dtype = x.shape[0], model.dtype
-    outputs: list[torch.Tensor] = [torch.empty(0)] * len(entries)
-    by_length: dict[int, list[int]] = {}
-    for i, (emb, _, _) in enumerate(entries):
-        by_length.setdefault(emb.shape[1], []).append(i)
-    for indices in by_length.values():
-        context = torch.cat([entries[i][0].to(x.device, dtype).expand(batch, -1, -1) for i in indices])
-        model_in = torch.cat([x] * len(indices)).to(dtype)
-        result = denoiser_output(family, model, model_in, t, context, [entries[i][1] for i in indices],
-                                 [entries[i][2] for i in indices])
-        for i, chunk in zip(indices, result.chunk(len(indices))):
-            outputs[i] = chunk
-
-    def mean(is_negative: bool) -> torch.Tensor:
-        picked = [(outputs[i], float(e[1].get("strength", 1.0))) for i, e in enumerate(entries) if e[2] == is_negative]
-        return sum(out * w for out, w in picked) / sum(w for _, w in picked)
-
-    cond = mean(False)
-    return cond if cfg == 1.0 else mean(True) + cfg * (cond - mean(True))
-
-
 @torch.no_grad()
 def sample_flow(model: Any, *, seed: int, steps: int, cfg: float, sampler_name: str, scheduler_name: str,
                 positive: Conditioning, negative: Conditioning, latent: dict[str, Any], denoise: float = 1.0,
@@ -137,7 +110,7 @@ def sample_flow(model: Any, *, seed: int, steps: int, cfg: float, sampler_name: 
             if check_interrupt is not None:
                 check_interrupt()
             t = timesteps[i]
-            velocity = _guided(model.family, net, x, t, positive, negative, cfg)
+            velocity = guided(net, x, t, positive, negative, cfg, model.family)
             estimate = x.float() - float(sigmas[i]) * velocity
             if preview is not None:
                 preview(latent_preview(estimate[0]))

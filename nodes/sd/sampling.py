@@ -102,9 +102,10 @@ class _Noise:
         return x_s - out * sigma
 
 
-def _guided(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, positive: Conditioning,
+def guided(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, positive: Conditioning,
             negative: Conditioning, cfg: float, family: str = "sd1") -> torch.Tensor:
-    """The CFG-combined model output; entries of equal token length share one batched UNet call."""
+    """The CFG-combined model output (eps/v UNets and flow transformers alike); entries of equal token length
+    share one batched call."""
     entries = [(emb, opts, "neg") for emb, opts in negative] if cfg != 1.0 else []
     entries += [(emb, opts, "pos") for emb, opts in positive]
     batch, dtype = x.shape[0], next(unet.parameters()).dtype  # ModelMixin.dtype walks every parameter
@@ -206,7 +207,7 @@ def sample(model: ModelHandle, *, seed: int, steps: int, cfg: float, sampler_nam
             if check_interrupt is not None:
                 check_interrupt()
             t = timesteps[i]
-            output = _guided(unet, scheduler.scale_model_input(x, t), t, positive, negative, cfg, model.family)
+            output = guided(unet, scheduler.scale_model_input(x, t), t, positive, negative, cfg, model.family)
             estimate = levels.denoised(x, output, t, model.prediction_type)
             if preview is not None and (n == 0 or i + 1 == end or stop_early and i == final_first
                                         or time.monotonic() - previewed >= PREVIEW_INTERVAL):
