@@ -64,7 +64,7 @@ def _module_names(model: torch.nn.Module, target: str) -> dict[str, str]:
                 up_attention = {i for i, t in enumerate(config.up_block_types) if "CrossAttn" in t}
                 ldm = unet_key_to_ldm(name + ".weight", config.layers_per_block, up_attention)[: -len(".weight")]
                 names["lora_unet_" + ldm.replace(".", "_")] = name
-            except (KeyError, AttributeError):
+            except (KeyError, AttributeError):  # no LDM name for this module: the diffusers names above suffice
                 pass
         else:
             for prefix in ("lora_te_", "lora_te1_"):
