@@ -20,10 +20,12 @@ def _demo(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = None
-    if not (args.out / STATE_FILE).exists() or args.unet_steps is not None:
+    if not (args.out / STATE_FILE).exists() or args.unet_steps is not None or args.decoder_steps is not None:
         config = copy.deepcopy(PRESETS[args.preset])
         if args.unet_steps is not None:
             config.unet_steps = args.unet_steps
+        if args.decoder_steps is not None:
+            config.decoder_steps = args.decoder_steps
     state = train_demo(args.out, config, progress=not args.quiet, finish=args.finish)
     single = write_single_file(state, args.out / "latentgraph-demo.safetensors")
     folder = write_diffusers_folder(state, args.out / "latentgraph-demo")
@@ -86,6 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=Path, default=Path("demo-training"), help="run folder (default: demo-training)")
     demo.add_argument("--preset", choices=["demo", "tiny"], default="demo", help="model and schedule sizes")
     demo.add_argument("--unet-steps", type=int, default=None, help="UNet steps (raise it to train a run longer)")
+    demo.add_argument("--decoder-steps", type=int, default=None,
+                      help="steps sharpening the VAE decoder (raise it to refine a finished run's decoder)")
     demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     demo.add_argument("--finish", action="store_true",
                       help="end a stopped run at its last checkpoint and export it, instead of resuming it")

@@ -4,6 +4,7 @@ CheckpointLoaderSimple and runs the shipped txt2img workflow."""
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def test_losses_fall(run: tuple[Path, TrainState]) -> None:
     assert state.stage == "done"
     vae, unet = loss_history(folder, "vae"), loss_history(folder, "unet")
     assert len(unet) == PRESETS["tiny"].unet_steps
+    assert len(loss_history(folder, "decoder")) == PRESETS["tiny"].decoder_steps
     assert vae and all(0 < loss < 2 for loss in vae)  # 30 steps from the hand-set start: no trend to test
     assert _mean(unet[-15:]) < _mean(unet[:15])
 
@@ -41,6 +43,19 @@ def test_finished_run_resumes_to_the_same_state(run: tuple[Path, TrainState]) ->
     assert again.step == state.step and again.stage == "done"
     for key, value in state.ema_unet.items():
         assert torch.equal(value, again.ema_unet[key])
+
+
+def test_more_decoder_steps_leave_encoder_and_unet_alone(run: tuple[Path, TrainState], tmp_path: Path) -> None:
+    """A finished run can sharpen its decoder later: its latents, and the UNet trained on them, stay valid."""
+    folder, state = run
+    shutil.copytree(folder, tmp_path / "run")
+    config = copy.deepcopy(state.config)
+    config.decoder_steps += 5
+    refined = train_demo(tmp_path / "run", config, progress=False)
+    assert refined.decoder_step == config.decoder_steps
+    changed = {k for k, v in state.vae.items() if not torch.equal(v, refined.vae[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert all(torch.equal(v, refined.ema_unet[k]) for k, v in state.ema_unet.items())
 
 
 def test_checkpoint_runs_the_txt2img_workflow(run: tuple[Path, TrainState], tmp_path: Path) -> None:
