@@ -15,17 +15,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import CLIPTextModel
 
 from nodes.sd.checkpoint_save import save_single_file
-from nodes.sd.detect import METADATA_KEY, family_config
+from nodes.sd.detect import family_config
 from nodes.sd.tokenizer import TOKENIZER_DIR
 from nodes.sd.training.demo import TrainState
 from nodes.sd.training.models import build_text_encoder, build_unet, build_vae
-
-VAE_EXTRA_HINTS = ("norm_num_groups",)
 
 
 def rescale_vae(vae: AutoencoderKL, latent_scale: float) -> AutoencoderKL:
@@ -53,21 +49,9 @@ def trained_components(state: TrainState) -> tuple[UNet2DConditionModel, Autoenc
     return unet, vae, text_encoder
 
 
-def add_config_hints(path: Path, vae: AutoencoderKL) -> None:
-    """Records VAE settings that `save_single_file` does not write (the one-group norm) in the file's hints."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    hints = json.loads(metadata[METADATA_KEY])
-    hints["vae"].update({k: vae.config[k] for k in VAE_EXTRA_HINTS})
-    metadata[METADATA_KEY] = json.dumps(hints)
-    save_file(tensors, str(path), metadata=metadata)
-
-
 def write_single_file(state: TrainState, path: Path, dtype: torch.dtype = torch.float16) -> Path:
     unet, vae, text_encoder = trained_components(state)
     save_single_file(unet, vae, text_encoder, Path(path), dtype=dtype)
-    add_config_hints(Path(path), vae)
     return Path(path)
 
 

@@ -4,15 +4,19 @@ CheckpointLoaderSimple and runs the shipped txt2img workflow."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
+from nodes.sd.detect import METADATA_KEY
 from nodes.sd.training.demo import PRESETS, TrainState, loss_history, train_demo
 from nodes.sd.training.evaluate import load_workflow, make_executor
 from nodes.sd.training.export import write_diffusers_folder, write_single_file
+from nodes.sd.training.models import VAE_NORM_GROUPS
 
 WORKFLOW = Path(__file__).resolve().parents[4] / "workflows" / "txt2img.json"
 
@@ -63,6 +67,9 @@ def test_checkpoint_runs_the_txt2img_workflow(run: tuple[Path, TrainState], tmp_
     models = tmp_path / "models"
     write_single_file(state, models / "tiny-demo.safetensors")
     write_diffusers_folder(state, models / "tiny-demo")
+    with safe_open(str(models / "tiny-demo.safetensors"), framework="pt") as f:
+        hints = json.loads(f.metadata()[METADATA_KEY])
+    assert hints["vae"]["norm_num_groups"] == VAE_NORM_GROUPS  # the loader builds the VAE from this hint
     executor = make_executor(tmp_path / "base", extra_checkpoints=models)
     for name in ("tiny-demo.safetensors", "tiny-demo"):
         prompt = load_workflow(WORKFLOW)
