@@ -50,8 +50,8 @@ class DemoConfig:
     decoder_steps: int = 2000
     decoder_lr: float = 1e-3
     edge_weight: float = 1.0
-    pool_size: int = 16000
-    unet_steps: int = 2600
+    pool_size: int = 6000
+    unet_steps: int = 6000
     unet_batch: int = 32
     unet_lr: float = 6e-4
     warmup_steps: int = 100
