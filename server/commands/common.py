@@ -23,6 +23,29 @@ def add_base_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _thread_count(value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=_thread_count, default=os.environ.get("LATENTGRAPH_THREADS") or None, metavar="N",
+        help="CPU threads PyTorch may use (default: $LATENTGRAPH_THREADS, else one per core; on a machine shared "
+             "with other work, fewer threads are often faster and steadier)",
+    )
+
+
+def apply_threads(threads: int | None) -> None:
+    """PyTorch takes one thread per core by default; on a busy or small machine those threads wait on each other
+    and a sampling step can get many times slower, so the user may cap them."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def make_executor(base_dir: Path) -> Executor:
     env = make_environment(base_dir)
     return Executor(load_registry(), env)

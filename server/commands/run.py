@@ -17,6 +17,8 @@ from server.commands.common import (
     EXIT_OK,
     WorkflowFileError,
     add_base_dir_argument,
+    add_threads_argument,
+    apply_threads,
     load_workflow_file,
     make_executor,
 )
@@ -38,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_base_dir_argument(parser)
+    add_threads_argument(parser)
     parser.set_defaults(func=run_command)
 
 
@@ -100,6 +103,7 @@ class ProgressBars:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     executor = make_executor(args.base_dir)
     try:
         prompt, graph = load_workflow_file(args.workflow, executor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from server.commands.common import add_base_dir_argument
+from server.commands.common import add_base_dir_argument, add_threads_argument, apply_threads
 from server.options import DEFAULT_PORT, TOKEN_ENV, ServerOptions, is_loopback
 
 
@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Listens on 127.0.0.1 only, unless --listen names another address.",
     )
     add_base_dir_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     parser.add_argument("--listen", metavar="ADDRESS", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1); any other address exposes the server to "
@@ -37,6 +38,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apply_threads(args.threads)
     if args.history_limit < 1:
         print("error: --history-limit must be at least 1")
         return 2

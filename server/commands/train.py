@@ -8,17 +8,21 @@ import shutil
 import sys
 from pathlib import Path
 
-from server.commands.common import EXIT_FAILED, EXIT_INVALID, EXIT_OK, add_base_dir_argument
+from server.commands.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    add_base_dir_argument,
+    add_threads_argument,
+    apply_threads,
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import torch
-
     from nodes.sd.training.demo import PRESETS, STATE_FILE, train_demo
     from nodes.sd.training.export import write_diffusers_folder, write_single_file
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     config = None
     if not (args.out / STATE_FILE).exists() or args.unet_steps is not None or args.decoder_steps is not None:
         config = copy.deepcopy(PRESETS[args.preset])
@@ -50,6 +54,7 @@ def _find_base(base_dir: Path, name: str) -> Path:
 
 
 def _lora(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     from nodes.sd.training.lora import DatasetError, LoraConfig, scan_dataset, train_lora
 
     try:
@@ -90,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--unet-steps", type=int, default=None, help="UNet steps (raise it to train a run longer)")
     demo.add_argument("--decoder-steps", type=int, default=None,
                       help="steps sharpening the VAE decoder (raise it to refine a finished run's decoder)")
-    demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(demo)
     demo.add_argument("--finish", action="store_true",
                       help="end a stopped run at its last checkpoint and export it, instead of resuming it")
     demo.add_argument("--install", action="store_true", help="copy the result into BASE_DIR/models/checkpoints")
@@ -101,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             description="Trains a LoRA (kohya key layout) on IMAGE + IMAGE.txt pairs; kohya's "
                                         "N_name subfolders repeat their images N times.")
     add_base_dir_argument(lora)
+    add_threads_argument(lora)
     lora.add_argument("--data", type=Path, required=True, help="folder of images and .txt captions")
     lora.add_argument("--base", required=True, help="checkpoint file, or a name in models/checkpoints")
     lora.add_argument("--out", type=Path, default=None, help="output file (default: models/loras/DATA.safetensors)")

@@ -127,3 +127,29 @@ def test_help_lists_every_command(base):
     result = latentgraph("--help", cwd=base)
     for command in ("run", "check", "nodes"):
         assert command in result.stdout
+
+
+def test_threads_option_and_variable_cap_torch_threads(base, monkeypatch):
+    import torch
+
+    from server.cli import main
+
+    workflow = str(image_workflow(base / "wf.json"))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["run", workflow, "--quiet", "--threads", "1", "--base-dir", str(base)]) == 0
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("LATENTGRAPH_THREADS", "3")
+        assert main(["run", workflow, "--quiet", "--base-dir", str(base)]) == 0
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_a_bad_thread_count_is_refused_before_running(base, value):
+    result = latentgraph("run", str(image_workflow(base / "wf.json")), "--threads", value, cwd=base)
+    assert result.returncode == 2
+    assert "--threads" in result.stderr and "at least 1" in result.stderr
+    assert not (base / "output").exists()
