@@ -153,6 +153,25 @@ class _Clock:
             self.last = now
 
 
+def _image_batch(cfg: DemoConfig, stream: int, step: int) -> torch.Tensor:
+    """Batch `step` of image stream `stream` (a pure function of both, so a resumed run sees the same images)."""
+    first = step * cfg.vae_batch
+    return _images_to_tensor([dataset.sample(stream, first + i, cfg.arch.resolution)[0] for i in range(cfg.vae_batch)])
+
+
+def _sample_latents(posterior: torch.distributions.Distribution, generator: torch.Generator) -> torch.Tensor:
+    return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+
+
+def _record_step(state: TrainState, folder: Path, bar: tqdm, clock: _Clock, stage: str, step: int,
+                 loss: float) -> None:
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if step % state.config.log_every == 0:
+        _log(folder, {"stage": stage, "step": step, "loss": loss, "time": state.elapsed_seconds})
+    clock.tick()
+
+
 def _train_vae(state: TrainState, folder: Path, progress: bool) -> None:
     cfg = state.config
     torch.manual_seed(cfg.seed)
@@ -173,14 +192,12 @@ def _train_vae(state: TrainState, folder: Path, progress: bool) -> None:
     bar = tqdm(total=cfg.vae_steps, initial=state.step, desc="vae", disable=not progress, dynamic_ncols=True)
     vae.train()
     while state.step < cfg.vae_steps:
-        start = state.step * cfg.vae_batch
-        images = [dataset.sample(cfg.seed + 1, start + i, cfg.arch.resolution)[0] for i in range(cfg.vae_batch)]
-        x = _images_to_tensor(images)
+        x = _image_batch(cfg, cfg.seed + 1, state.step)
         for group in opt.param_groups:
             group["lr"] = cfg.vae_lr * min(1.0, (state.step + 1) / cfg.warmup_steps)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        z = _sample_latents(posterior, generator)
         recon = vae.decode(z).sample
         kl = posterior.kl().mean() / z[0].numel()
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * kl
@@ -188,11 +205,7 @@ def _train_vae(state: TrainState, folder: Path, progress: bool) -> None:
         loss.backward()
         opt.step()
         state.step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if state.step % cfg.log_every == 0:
-            _log(folder, {"stage": "vae", "step": state.step, "loss": loss.item(), "time": state.elapsed_seconds})
-        clock.tick()
+        _record_step(state, folder, bar, clock, "vae", state.step, loss.item())
     bar.close()
     clock.tick()
     state.vae, state.optimizer = vae.state_dict(), {}
@@ -232,15 +245,12 @@ def _refine_decoder(state: TrainState, folder: Path, progress: bool) -> None:
     vae.train()
     while state.decoder_step < cfg.decoder_steps:
         step = state.decoder_step
-        images = [dataset.sample(cfg.seed + 2, step * cfg.vae_batch + i, cfg.arch.resolution)[0]
-                  for i in range(cfg.vae_batch)]
-        x = _images_to_tensor(images)
+        x = _image_batch(cfg, cfg.seed + 2, step)
         for group in opt.param_groups:
             group["lr"] = cfg.decoder_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.decoder_steps))
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 250_000 + step)
         with torch.no_grad():
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+            z = _sample_latents(vae.encode(x).latent_dist, generator)
         recon = vae.decode(z).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
         for made, wanted in zip(_image_gradients(recon), _image_gradients(x)):
@@ -249,12 +259,7 @@ def _refine_decoder(state: TrainState, folder: Path, progress: bool) -> None:
         loss.backward()
         opt.step()
         state.decoder_step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if state.decoder_step % cfg.log_every == 0:
-            _log(folder, {"stage": "decoder", "step": state.decoder_step, "loss": loss.item(),
-                          "time": state.elapsed_seconds})
-        clock.tick()
+        _record_step(state, folder, bar, clock, "decoder", state.decoder_step, loss.item())
     bar.close()
     state.vae, state.decoder_optimizer = vae.state_dict(), {}
     clock.tick(force=True)
@@ -350,11 +355,7 @@ def _train_unet(state: TrainState, folder: Path, progress: bool) -> None:
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
         state.step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if state.step % cfg.log_every == 0:
-            _log(folder, {"stage": "unet", "step": state.step, "loss": loss.item(), "time": state.elapsed_seconds})
-        clock.tick()
+        _record_step(state, folder, bar, clock, "unet", state.step, loss.item())
     bar.close()
     state.stage = "done"
     clock.tick(force=True)
