@@ -172,6 +172,14 @@ def _record_step(state: TrainState, folder: Path, bar: tqdm, clock: _Clock, stag
     clock.tick()
 
 
+def _adamw(params: list[torch.nn.Parameter], lr: float, saved: dict) -> torch.optim.AdamW:
+    """AdamW without weight decay, continuing from `saved` (an optimizer state dict) when a run resumes."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if saved:
+        opt.load_state_dict(saved)
+    return opt
+
+
 def _train_vae(state: TrainState, folder: Path, progress: bool) -> None:
     cfg = state.config
     torch.manual_seed(cfg.seed)
@@ -180,9 +188,7 @@ def _train_vae(state: TrainState, folder: Path, progress: bool) -> None:
         vae.load_state_dict(state.vae)
     else:
         init_vae(vae)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    if state.optimizer:
-        opt.load_state_dict(state.optimizer)
+    opt = _adamw(list(vae.parameters()), cfg.vae_lr, state.optimizer)
 
     def save() -> None:
         state.vae, state.optimizer = vae.state_dict(), opt.state_dict()
@@ -231,9 +237,7 @@ def _refine_decoder(state: TrainState, folder: Path, progress: bool) -> None:
     trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for p in trained:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(trained, lr=cfg.decoder_lr, weight_decay=0.0)
-    if state.decoder_optimizer:
-        opt.load_state_dict(state.decoder_optimizer)
+    opt = _adamw(trained, cfg.decoder_lr, state.decoder_optimizer)
 
     def save() -> None:
         state.vae, state.decoder_optimizer = vae.state_dict(), opt.state_dict()
@@ -310,9 +314,7 @@ def _train_unet(state: TrainState, folder: Path, progress: bool) -> None:
         ema_unet.load_state_dict(state.ema_unet)
         ema_text.load_state_dict(state.ema_text_encoder)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.0)
-    if state.optimizer:
-        opt.load_state_dict(state.optimizer)
+    opt = _adamw(params, cfg.unet_lr, state.optimizer)
     acp = alphas_cumprod()
     snr = acp / (1 - acp)
     weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
