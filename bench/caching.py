@@ -60,9 +60,9 @@ def main() -> None:
         return
     quiet_threads()
 
-    from engine.executor import Executor
-    from nodes import load_registry, make_environment
-    from nodes.sd.handles import model_manager
+    from latentgraph.engine.executor import Executor
+    from latentgraph.nodes import load_registry, make_environment
+    from latentgraph.nodes.sd.handles import model_manager
 
     base = make_base_dir("lg-bench-cache-")
     try:

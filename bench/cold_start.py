@@ -27,17 +27,17 @@ IMPORTS = {
     "torch": "import torch",
     "diffusers models": "from diffusers import UNet2DConditionModel, AutoencoderKL; "
                         "from transformers import CLIPTextModel",
-    "engine": "import engine.executor, engine.validate",
-    "nodes (registry built)": "from nodes import load_registry; load_registry()",
-    "server": "import server.cli; "
-              "import importlib.util as u; u.find_spec('server.app') and __import__('server.app')",
+    "engine": "import latentgraph.engine.executor, latentgraph.engine.validate",
+    "nodes (registry built)": "from latentgraph.nodes import load_registry; load_registry()",
+    "server": "import latentgraph.cli.main; import importlib.util as u; "
+              "u.find_spec('latentgraph.server.app') and __import__('latentgraph.server.app')",
 }
 
 
 def latentgraph_command() -> list[str]:
-    """The console script beside this interpreter (what a user runs), else `python -m server`."""
+    """The console script beside this interpreter (what a user runs), else `python -m latentgraph.cli`."""
     script = Path(sys.executable).parent / "latentgraph"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "latentgraph.cli"]
 
 
 def child_env() -> dict[str, str]:
@@ -113,7 +113,7 @@ def run_to_png(base: Path, workflow: Path) -> float:
 
 
 def serve_available() -> bool:
-    return importlib_find("server.commands.serve") or importlib_find("server.app")
+    return importlib_find("latentgraph.cli.serve") or importlib_find("latentgraph.server.app")
 
 
 def importlib_find(name: str) -> bool:

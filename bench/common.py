@@ -87,7 +87,7 @@ def report(name: str, value: float, unit: str, target: str = "", note: str = "")
 
 def make_base_dir(prefix: str = "lg-bench-") -> Path:
     """A fresh base folder holding the tiny SD1-architecture model as models/checkpoints/bench-tiny.safetensors."""
-    from nodes.sd.tiny import write_tiny_checkpoint
+    from latentgraph.nodes.sd.tiny import write_tiny_checkpoint
 
     base = Path(tempfile.mkdtemp(prefix=prefix))
     checkpoints = base / "models" / "checkpoints"
@@ -132,7 +132,7 @@ def txt2img(
 
 def sd_nodes_available() -> bool:
     """Whether the SD nodes (KSampler and friends) are registered yet; benchmarks that need them say so if not."""
-    from nodes import load_registry
+    from latentgraph.nodes import load_registry
 
     return "KSampler" in load_registry(plugins=False)
 

@@ -43,9 +43,8 @@ class HandWritten:
 
     def __init__(self, checkpoint: Path, device: torch.device) -> None:
         from diffusers import EulerDiscreteScheduler
-
-        from nodes.sd.checkpoint import inspect_checkpoint, load_component
-        from nodes.sd.tokenizer import load_clip_tokenizer
+        from latentgraph.nodes.sd.checkpoint import inspect_checkpoint, load_component
+        from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 
         info = inspect_checkpoint(checkpoint)
         self.device = device
@@ -129,9 +128,9 @@ def main() -> None:
         return
     quiet_threads()
 
-    from engine.executor import Executor
-    from nodes import load_registry, make_environment
-    from nodes.sd.handles import model_manager
+    from latentgraph.engine.executor import Executor
+    from latentgraph.nodes import load_registry, make_environment
+    from latentgraph.nodes.sd.handles import model_manager
 
     base = make_base_dir("lg-bench-overhead-")
     ckpt_name = TINY_CKPT

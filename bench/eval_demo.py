@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodes.sd.training.dataset import held_out_scenes  # noqa: E402
-from nodes.sd.training.evaluate import Settings, contact_sheet, generate, load_workflow, make_executor, score  # noqa: E402
+from latentgraph.training.dataset import held_out_scenes  # noqa: E402
+from latentgraph.training.evaluate import Settings, contact_sheet, generate, load_workflow, make_executor, score  # noqa: E402
 
 TARGETS = {"colour": 0.90, "background": 0.95, "shape": 0.70}
 CARD_DIR = ROOT / "nodes" / "sd" / "assets" / "checkpoints"

@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import torch
-
-from engine.context import Environment, RunContext
-from engine.executor import Executor
-from engine.interrupt import InterruptToken
-from engine.node import Input, Node, NodeOutput
-from engine.registry import Registry
-from engine.types import Image
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.executor import Executor
+from latentgraph.engine.interrupt import InterruptToken
+from latentgraph.engine.node import Input, Node, NodeOutput
+from latentgraph.engine.registry import Registry
+from latentgraph.engine.types import Image
 
 
 class Start(Node):

@@ -65,9 +65,8 @@ def peak_gib(device: torch.device) -> float:
 def build_random(model: str, tiny: bool, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """Random-weight modules of the family's real (or, with `tiny`, a narrow) configuration, built on `device`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from latentgraph.nodes.sd.detect import family_config
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from nodes.sd.detect import family_config
 
     family = "sd1" if model == "sd15" else "sdxl_base"
     small = (TINY_SD15 if model == "sd15" else TINY_SDXL) if tiny else {}
@@ -91,11 +90,11 @@ def build_random(model: str, tiny: bool, device: torch.device, dtype: torch.dtyp
 
 def write_checkpoint(model: str, parts: dict[str, Any], path: Path) -> None:
     if model == "sd15":
-        from nodes.sd.checkpoint_save import save_single_file
+        from latentgraph.nodes.sd.checkpoint_save import save_single_file
 
         save_single_file(parts["unet"], parts["vae"], parts["text_encoder"], path, dtype=torch.float16)
     else:
-        from nodes.sd.sdxl import save_sdxl_single_file
+        from latentgraph.nodes.sd.sdxl import save_sdxl_single_file
 
         save_sdxl_single_file(parts["unet"], parts["vae"], parts["text_encoder"], parts["text_encoder_2"], path,
                               dtype=torch.float16)
@@ -103,9 +102,8 @@ def write_checkpoint(model: str, parts: dict[str, Any], path: Path) -> None:
 
 def diffusers_pipeline(model: str, parts: dict[str, Any]) -> Any:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from nodes.sd.detect import family_config
-    from nodes.sd.tokenizer import load_clip_tokenizer
+    from latentgraph.nodes.sd.detect import family_config
+    from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 
     family = "sd1" if model == "sd15" else "sdxl_base"
     scheduler = EulerDiscreteScheduler.from_config(dict(family_config(family, "scheduler"),
@@ -143,8 +141,8 @@ class SamplerClock:
 
 def run_case(model: str, size: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
              scratch: Path) -> dict[str, Any]:
-    from engine.executor import Executor
-    from nodes import load_registry, make_environment
+    from latentgraph.engine.executor import Executor
+    from latentgraph.nodes import load_registry, make_environment
 
     t0 = time.perf_counter()
     parts = build_random(model, args.dry_run, device, dtype)

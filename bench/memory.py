@@ -67,8 +67,8 @@ def child_handwritten(base: Path) -> None:
 
 def child_alternate(base: Path, prompts: int) -> None:
     """100 prompts alternating two workflows through one Executor; prints RSS after each as JSON."""
-    from engine.executor import Executor
-    from nodes import load_registry, make_environment
+    from latentgraph.engine.executor import Executor
+    from latentgraph.nodes import load_registry, make_environment
 
     quiet_threads()
     executor = Executor(load_registry(), make_environment(base), cache_bytes=CACHE_BUDGET)

@@ -133,8 +133,8 @@ def workflow(seed: int, steps: int) -> dict[str, Any]:
 
 def in_process_baseline(base: Path, seeds: list[int], steps: int) -> list[float]:
     """The same prompts through an Executor in this process: the engine's own time per prompt."""
-    from engine.executor import Executor
-    from nodes import load_registry, make_environment
+    from latentgraph.engine.executor import Executor
+    from latentgraph.nodes import load_registry, make_environment
 
     executor = Executor(load_registry(), make_environment(base))
     executor.run(workflow(10**9, steps))  # load the model and encode the texts, as the server's warm-up did

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.folders import Folders
-from engine.interrupt import InterruptToken
+from latentgraph.engine.folders import Folders
+from latentgraph.engine.interrupt import InterruptToken
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
-
-from engine.cache import Cache, cache_key
-from engine.context import Environment, RunContext, Sink
-from engine.interrupt import Interrupted, InterruptToken
-from engine.node import NodeOutput
-from engine.registry import Registry
-from engine.validate import InvalidPrompt, Validation, validate
+from latentgraph.engine.cache import Cache, cache_key
+from latentgraph.engine.context import Environment, RunContext, Sink
+from latentgraph.engine.interrupt import Interrupted, InterruptToken
+from latentgraph.engine.node import NodeOutput
+from latentgraph.engine.registry import Registry
+from latentgraph.engine.validate import InvalidPrompt, Validation, validate
 
 DEFAULT_CACHE_BYTES = 4 * 1024**3
 

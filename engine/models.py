@@ -18,8 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-
-from engine.devices import empty_cache, execution_device, total_memory
+from latentgraph.engine.devices import empty_cache, execution_device, total_memory
 
 Loader = Callable[[], torch.nn.Module]
 CPU = torch.device("cpu")

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
+from latentgraph.engine.types import Socket
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.fields import FieldInfo
 
-from engine.types import Socket
-
 if TYPE_CHECKING:
-    from engine.context import Environment, RunContext
+    from latentgraph.engine.context import Environment, RunContext
 
 ChoicesFn = Callable[["Environment"], list[str]]
 

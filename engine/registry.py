@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.context import Environment
-from engine.node import Node, NodeSpec, node_spec
+from latentgraph.engine.context import Environment
+from latentgraph.engine.node import Node, NodeSpec, node_spec
 
 
 class Registry:

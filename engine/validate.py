@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+from latentgraph.engine.context import Environment
+from latentgraph.engine.node import InputSpec
+from latentgraph.engine.registry import Registry
+from latentgraph.engine.workflow import Prompt, PromptFormatError, as_link, parse_prompt, unwrap_constant
 from pydantic import ValidationError
-
-from engine.context import Environment
-from engine.node import InputSpec
-from engine.registry import Registry
-from engine.workflow import Prompt, PromptFormatError, as_link, parse_prompt, unwrap_constant
 
 _PYDANTIC_TO_COMFY = {
     "greater_than_equal": "value_smaller_than_min",

@@ -10,22 +10,22 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from engine.context import Environment
-from engine.node import Node
-from engine.registry import Registry
+from latentgraph.engine.context import Environment
+from latentgraph.engine.node import Node
+from latentgraph.engine.registry import Registry
 
 log = logging.getLogger(__name__)
 
 BUILTIN_MODULES = [
-    "nodes.image",
-    "nodes.sd.loader_nodes",
-    "nodes.sd.text_nodes",
-    "nodes.sd.sampler_nodes",
-    "nodes.sd.latent_nodes",
-    "nodes.sd.vae_nodes",
-    "nodes.sd.image_nodes",
-    "nodes.sd.nodes_sdxl",
-    "nodes.sd.nodes_sd3",
+    "latentgraph.nodes.image",
+    "latentgraph.nodes.sd.loader_nodes",
+    "latentgraph.nodes.sd.text_nodes",
+    "latentgraph.nodes.sd.sampler_nodes",
+    "latentgraph.nodes.sd.latent_nodes",
+    "latentgraph.nodes.sd.vae_nodes",
+    "latentgraph.nodes.sd.image_nodes",
+    "latentgraph.nodes.sd.nodes_sdxl",
+    "latentgraph.nodes.sd.nodes_sd3",
 ]
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"

@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.node import Hidden, Input, Node, NodeOutput
+from latentgraph.engine.types import Image
+from latentgraph.nodes.imageops import CropMethod, UpscaleMethod, pil_to_tensor, tensor_to_pil, upscale_images
 from PIL import Image as PILImage
 from PIL import ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
-
-from engine.context import Environment, RunContext
-from engine.node import Hidden, Input, Node, NodeOutput
-from engine.types import Image
-from nodes.imageops import CropMethod, UpscaleMethod, pil_to_tensor, tensor_to_pil, upscale_images
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_RESOLUTION = 16384

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-
-from engine.executor import Executor
-from nodes import load_registry, make_environment
-from nodes.sd.checkpoint_save import save_single_file
-from nodes.sd.detect import family_config
-from nodes.sd.samplers import make_scheduler
-from nodes.sd.tiny import build_tiny_pipeline_components
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import load_registry, make_environment
+from latentgraph.nodes.sd.checkpoint_save import save_single_file
+from latentgraph.nodes.sd.detect import family_config
+from latentgraph.nodes.sd.samplers import make_scheduler
+from latentgraph.nodes.sd.tiny import build_tiny_pipeline_components
 
 POSITIVE, NEGATIVE, SEED, STEPS, CFG, SIZE = "a red circle on a blue square", "blurry", 1, 20, 7.0, 64
 

@@ -9,19 +9,18 @@ import sys
 from collections.abc import Callable
 
 from aiohttp import web
-
-from engine.executor import DEFAULT_CACHE_BYTES, Executor
-from nodes import load_registry, make_environment
-from server import editor, openapi, routes_files, routes_info, routes_queue
-from server.jsonio import json_errors
-from server.options import ServerOptions, is_loopback
-from server.queue import PromptQueue
-from server.routes_ws import add_websocket_route
-from server.routing import add_api_routes
-from server.security import security_middlewares
-from server.state import STATE, ServerState, broadcast_status
-from server.worker import Worker
-from server.ws import Hub
+from latentgraph.engine.executor import DEFAULT_CACHE_BYTES, Executor
+from latentgraph.nodes import load_registry, make_environment
+from latentgraph.server import editor, openapi, routes_files, routes_info, routes_queue
+from latentgraph.server.jsonio import json_errors
+from latentgraph.server.options import ServerOptions, is_loopback
+from latentgraph.server.queue import PromptQueue
+from latentgraph.server.routes_ws import add_websocket_route
+from latentgraph.server.routing import add_api_routes
+from latentgraph.server.security import security_middlewares
+from latentgraph.server.state import STATE, ServerState, broadcast_status
+from latentgraph.server.worker import Worker
+from latentgraph.server.ws import Hub
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-from server.jsonio import ApiError, parse_json
-from server.routing import add_api_routes
-from server.state import get_state
-from server.uiformat import ConversionError, api_to_ui, is_ui_format, ui_to_api
+from latentgraph.server.jsonio import ApiError, parse_json
+from latentgraph.server.routing import add_api_routes
+from latentgraph.server.state import get_state
+from latentgraph.server.uiformat import ConversionError, api_to_ui, is_ui_format, ui_to_api
 
 FRONTEND_PACKAGE = "comfyui_frontend_package"
 EXTENSION_SCRIPT = Path(__file__).with_name("editor_default_workflow.js")

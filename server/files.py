@@ -17,10 +17,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote
 
+from latentgraph.engine.folders import Folders
+from latentgraph.server.jsonio import ApiError
 from PIL import Image, UnidentifiedImageError
-
-from engine.folders import Folders
-from server.jsonio import ApiError
 
 FOLDER_TYPES = ("input", "output", "temp")
 MAX_NAME_LENGTH = 255

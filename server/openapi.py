@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-
-from server.routes_info import latentgraph_version
+from latentgraph.server.routes_info import latentgraph_version
 
 routes = web.RouteTableDef()
 

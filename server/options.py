@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.context import Environment
-from engine.registry import Registry
+from latentgraph.engine.context import Environment
+from latentgraph.engine.registry import Registry
 
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
 DEFAULT_PORT = 8188

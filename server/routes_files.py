@@ -14,11 +14,10 @@ import mimetypes
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from latentgraph.server.files import folder_root, safe_path, store_upload, verify_image
+from latentgraph.server.jsonio import ApiError, parse_json
+from latentgraph.server.state import get_state
 from PIL import Image
-
-from server.files import folder_root, safe_path, store_upload, verify_image
-from server.jsonio import ApiError, parse_json
-from server.state import get_state
 
 routes = web.RouteTableDef()
 

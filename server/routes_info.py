@@ -10,10 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
-
-from server.editor import EDITOR_EXTENSIONS
-from server.jsonio import ApiError
-from server.state import get_state
+from latentgraph.server.editor import EDITOR_EXTENSIONS
+from latentgraph.server.jsonio import ApiError
+from latentgraph.server.state import get_state
 
 routes = web.RouteTableDef()
 

@@ -9,11 +9,10 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-
-from server.editor import accept_ui_workflow
-from server.jsonio import ApiError, id_list, query_int, read_object
-from server.queue import JOB_STATUSES, DuplicatePromptId, now_ms
-from server.state import get_state
+from latentgraph.server.editor import accept_ui_workflow
+from latentgraph.server.jsonio import ApiError, id_list, query_int, read_object
+from latentgraph.server.queue import JOB_STATUSES, DuplicatePromptId, now_ms
+from latentgraph.server.state import get_state
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -8,9 +8,8 @@ import re
 import uuid
 
 from aiohttp import WSMsgType, web
-
-from server.routes_info import server_feature_flags
-from server.state import get_state
+from latentgraph.server.routes_info import server_feature_flags
+from latentgraph.server.state import get_state
 
 log = logging.getLogger(__name__)
 

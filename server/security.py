@@ -19,9 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-
-from server.jsonio import ApiError
-from server.options import ServerOptions, is_loopback
+from latentgraph.server.jsonio import ApiError
+from latentgraph.server.options import ServerOptions, is_loopback
 
 TOKEN_COOKIE = "latentgraph_token"
 TOKEN_QUERY = "token"

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-
-from engine.executor import Executor
-from server.options import ServerOptions
-from server.queue import PromptQueue
-from server.worker import Worker
-from server.ws import Hub
+from latentgraph.engine.executor import Executor
+from latentgraph.server.options import ServerOptions
+from latentgraph.server.queue import PromptQueue
+from latentgraph.server.worker import Worker
+from latentgraph.server.ws import Hub
 
 
 @dataclass

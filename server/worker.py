@@ -16,13 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from latentgraph.engine.executor import Executor
+from latentgraph.engine.interrupt import InterruptToken
+from latentgraph.engine.validate import InvalidPrompt
+from latentgraph.server.queue import PromptQueue, QueueItem, now_ms
+from latentgraph.server.ws import Hub
 from PIL import Image
-
-from engine.executor import Executor
-from engine.interrupt import InterruptToken
-from engine.validate import InvalidPrompt
-from server.queue import PromptQueue, QueueItem, now_ms
-from server.ws import Hub
 
 log = logging.getLogger(__name__)
 

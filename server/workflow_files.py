@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from latentgraph.server.uiformat import ConversionError, is_ui_format, ui_to_api
 from PIL import Image, UnidentifiedImageError
-
-from server.uiformat import ConversionError, is_ui_format, ui_to_api
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ObjectInfo = dict[str, Any] | Callable[[], dict[str, Any]]
@@ -27,7 +26,7 @@ class WorkflowFileError(ValueError):
 
 def conversion_object_info() -> dict[str, Any]:
     """object_info of every installed node, for converting UI workflows (only types and input order matter)."""
-    from nodes import load_registry, make_environment
+    from latentgraph.nodes import load_registry, make_environment
 
     with tempfile.TemporaryDirectory(prefix="latentgraph-convert-") as scratch:
         return load_registry().object_info(make_environment(Path(scratch)))

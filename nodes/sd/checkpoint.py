@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
-
-from nodes.sd.detect import Detected, UnknownCheckpoint, detect, family_config, vae_config
-from nodes.sd.ldm_keys import (
+from latentgraph.nodes.sd.detect import Detected, UnknownCheckpoint, detect, family_config, vae_config
+from latentgraph.nodes.sd.ldm_keys import (
     CLIP_PREFIX,
     OPEN_CLIP_PREFIX,
     UNET_PREFIX,
@@ -30,6 +28,7 @@ from nodes.sd.ldm_keys import (
     unet_key_to_ldm,
     vae_key_to_ldm,
 )
+from safetensors import safe_open
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -124,7 +123,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def inspect_checkpoint(path: Path) -> CheckpointInfo:
     """Reads what a checkpoint is without loading its weights."""
-    from nodes.sd.families import inspect_family, unknown_file  # SDXL/SD3 build on this module
+    from latentgraph.nodes.sd.families import inspect_family, unknown_file  # SDXL/SD3 build on this module
 
     path = Path(path)
     family = inspect_family(path)
@@ -234,7 +233,7 @@ def _text_state(info: CheckpointInfo, model: torch.nn.Module) -> dict[str, torch
 def load_component(info: CheckpointInfo, component: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """One component ("unet", "vae" or "text_encoder") of a checkpoint, on the CPU, in eval mode."""
     if info.family in ("sdxl", "sdxl_refiner", "sd3"):
-        from nodes.sd.families import load_family_component
+        from latentgraph.nodes.sd.families import load_family_component
 
         return load_family_component(info, component, dtype)
     if component not in COMPONENTS:

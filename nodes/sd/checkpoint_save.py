@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
-
-from nodes.sd.detect import METADATA_KEY, family_config
-from nodes.sd.ldm_keys import (
+from latentgraph.nodes.sd.detect import METADATA_KEY, family_config
+from latentgraph.nodes.sd.ldm_keys import (
     CLIP_PREFIX,
     OPEN_CLIP_PREFIX,
     UNET_PREFIX,
@@ -25,6 +23,7 @@ from nodes.sd.ldm_keys import (
     unet_key_to_ldm,
     vae_key_to_ldm,
 )
+from safetensors.torch import save_file
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from nodes.sd.ldm_keys import CLIP_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from latentgraph.nodes.sd.ldm_keys import CLIP_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 METADATA_KEY = "latentgraph.configs"

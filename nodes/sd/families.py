@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from engine.context import Environment
-from engine.devices import weight_dtype
-from engine.folders import Folders
-from engine.models import ModelManager
-from nodes.sd.checkpoint import CheckpointInfo, TensorFile, file_identity, refuse_pickle
-from nodes.sd.detect import METADATA_KEY, Shapes, UnknownCheckpoint, family_config
-from nodes.sd.handles import HANDLE_BYTES, ModelHandle, VaeHandle, checkpoint_info, model_manager
-from nodes.sd.multiclip import sd3_conditioning, sdxl_conditioning
-from nodes.sd.sd3 import (
+from latentgraph.engine.context import Environment
+from latentgraph.engine.devices import weight_dtype
+from latentgraph.engine.folders import Folders
+from latentgraph.engine.models import ModelManager
+from latentgraph.nodes.sd.checkpoint import CheckpointInfo, TensorFile, file_identity, refuse_pickle
+from latentgraph.nodes.sd.detect import METADATA_KEY, Shapes, UnknownCheckpoint, family_config
+from latentgraph.nodes.sd.handles import HANDLE_BYTES, ModelHandle, VaeHandle, checkpoint_info, model_manager
+from latentgraph.nodes.sd.multiclip import sd3_conditioning, sdxl_conditioning
+from latentgraph.nodes.sd.sd3 import (
     clip_config,
     inspect_sd3,
     is_sd3_folder,
@@ -38,7 +37,7 @@ from nodes.sd.sd3 import (
     text_file_kind,
     transformer_config,
 )
-from nodes.sd.sdxl import inspect_sdxl, is_sdxl, load_sdxl_component, sdxl_family_of_folder
+from latentgraph.nodes.sd.sdxl import inspect_sdxl, is_sdxl, load_sdxl_component, sdxl_family_of_folder
 
 if TYPE_CHECKING:
     from diffusers import SD3Transformer2DModel

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from latentgraph.nodes.sd.sampling import Conditioning, _mask_for, guided, latent_preview, prepare_noise, step_window
 from PIL import Image
-
-from nodes.sd.sampling import Conditioning, _mask_for, guided, latent_preview, prepare_noise, step_window
 
 FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("FlowMatchEulerDiscreteScheduler", {}),

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from engine.context import Environment
-from engine.devices import weight_dtype
-from engine.models import ModelManager
-from nodes.sd.checkpoint import CheckpointInfo, inspect_checkpoint, load_component, load_vae_file
-from nodes.sd.lora import LoraPatch, patched
+from latentgraph.engine.context import Environment
+from latentgraph.engine.devices import weight_dtype
+from latentgraph.engine.models import ModelManager
+from latentgraph.nodes.sd.checkpoint import CheckpointInfo, inspect_checkpoint, load_component, load_vae_file
+from latentgraph.nodes.sd.lora import LoraPatch, patched
 
 HANDLE_BYTES = 1024
 INFO_CACHE_SIZE = 16

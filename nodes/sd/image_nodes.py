@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from engine.context import RunContext
-from engine.node import Input, Node
-from engine.types import Image
-from nodes.imageops import UpscaleMethod, upscale_images
+from latentgraph.engine.context import RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Image
+from latentgraph.nodes.imageops import UpscaleMethod, upscale_images
 
 
 class ImageScaleToTotalPixels(Node):

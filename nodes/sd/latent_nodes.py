@@ -6,11 +6,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
-from engine.context import RunContext
-from engine.node import Input, Node
-from engine.types import Latent, Mask
-from nodes.imageops import upscale
+from latentgraph.engine.context import RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Latent, Mask
+from latentgraph.nodes.imageops import upscale
 
 MAX_RESOLUTION = 16384
 LATENT_CHANNELS = 4

@@ -7,14 +7,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from engine.context import Environment, RunContext
-from engine.node import Input, Node
-from engine.types import Clip, Model
-from nodes.sd.checkpoint import file_identity, is_diffusers_folder
-from nodes.sd.families import FAMILIES, family_handles
-from nodes.sd.handles import ClipHandle, ModelHandle, VaeHandle, checkpoint_info, component, model_manager
-from nodes.sd.lora import LoraPatch, addressed_modules, load_lora_file
-from nodes.sd.model_paths import add_extra_model_paths
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Clip, Model
+from latentgraph.nodes.sd.checkpoint import file_identity, is_diffusers_folder
+from latentgraph.nodes.sd.families import FAMILIES, family_handles
+from latentgraph.nodes.sd.handles import ClipHandle, ModelHandle, VaeHandle, checkpoint_info, component, model_manager
+from latentgraph.nodes.sd.lora import LoraPatch, addressed_modules, load_lora_file
+from latentgraph.nodes.sd.model_paths import add_extra_model_paths
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_CHECKPOINT = "latentgraph-demo.safetensors"

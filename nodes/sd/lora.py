@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from latentgraph.nodes.sd.checkpoint import refuse_pickle
+from latentgraph.nodes.sd.ldm_keys import unet_key_to_ldm
 from safetensors.torch import load_file
-
-from nodes.sd.checkpoint import refuse_pickle
-from nodes.sd.ldm_keys import unet_key_to_ldm
 
 _LOADED: dict[str, dict[str, torch.Tensor]] = {}
 _KEEP = 8

@@ -21,8 +21,7 @@ import os
 from pathlib import Path
 
 import yaml
-
-from engine.folders import Folders
+from latentgraph.engine.folders import Folders
 
 FILE_NAME = "extra_model_paths.yaml"
 ENV_VAR = "LATENTGRAPH_EXTRA_MODEL_PATHS"

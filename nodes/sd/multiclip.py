@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-
-from engine.folders import Folders
-from nodes.sd.prompt import chunk_tokens, parse_weights, run_with_embeddings, tokenize_weighted
-from nodes.sd.tokenizer import load_clip_tokenizer
+from latentgraph.engine.folders import Folders
+from latentgraph.nodes.sd.prompt import chunk_tokens, parse_weights, run_with_embeddings, tokenize_weighted
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 
 T5_TOKENS = 256
 CLIP_TOKENS = 77

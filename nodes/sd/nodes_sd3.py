@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-
-from engine.context import Environment, RunContext
-from engine.node import Input, Node
-from engine.types import Model
-from nodes.sd.checkpoint import TensorFile, file_identity
-from nodes.sd.detect import UnknownCheckpoint, family_config
-from nodes.sd.families import (
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Model
+from latentgraph.nodes.sd.checkpoint import TensorFile, file_identity
+from latentgraph.nodes.sd.detect import UnknownCheckpoint, family_config
+from latentgraph.nodes.sd.families import (
     FlowModelHandle,
     MultiClipHandle,
     family_handles,
@@ -25,7 +24,7 @@ from nodes.sd.families import (
     part,
     text_file_role,
 )
-from nodes.sd.handles import model_manager
+from latentgraph.nodes.sd.handles import model_manager
 
 MAX_RESOLUTION = 16384
 SD3_LATENT_CHANNELS = 16

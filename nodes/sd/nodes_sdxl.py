@@ -3,10 +3,10 @@ the refiner's prompt with its aesthetic score."""
 
 from __future__ import annotations
 
-from engine.context import RunContext
-from engine.node import Input, Node
-from engine.types import Clip
-from nodes.sd.families import MultiClipHandle
+from latentgraph.engine.context import RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Clip
+from latentgraph.nodes.sd.families import MultiClipHandle
 
 MAX_RESOLUTION = 16384
 

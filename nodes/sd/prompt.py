@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from latentgraph.engine.folders import Folders
+from latentgraph.nodes.sd.checkpoint import refuse_pickle
 from safetensors.torch import load_file
-
-from engine.folders import Folders
-from nodes.sd.checkpoint import refuse_pickle
 
 CHUNK = 75
 MAX_WORD = 8

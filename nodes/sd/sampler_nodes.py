@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from engine.context import Environment, RunContext
-from engine.node import Input, Node
-from engine.types import Conditioning, Latent, Model
-from nodes.sd.samplers import SAMPLER_NAMES, SCHEDULER_NAMES, combination_error
-from nodes.sd.sampling import sample
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Conditioning, Latent, Model
+from latentgraph.nodes.sd.samplers import SAMPLER_NAMES, SCHEDULER_NAMES, combination_error
+from latentgraph.nodes.sd.sampling import sample
 
 SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
 SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]

@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from latentgraph.nodes.sd.handles import ModelHandle
+from latentgraph.nodes.sd.model_inputs import FLOW_FAMILIES, denoiser_output
+from latentgraph.nodes.sd.samplers import make_scheduler
 from PIL import Image
-
-from nodes.sd.handles import ModelHandle
-from nodes.sd.model_inputs import FLOW_FAMILIES, denoiser_output
-from nodes.sd.samplers import make_scheduler
 
 # Previews cost a device-to-host copy: sent for the first and last step, and in between at most this often (s).
 PREVIEW_INTERVAL = 0.1
@@ -163,7 +162,7 @@ def sample(model: ModelHandle, *, seed: int, steps: int, cfg: float, sampler_nam
            check_interrupt: Callable[[], None] | None = None) -> dict[str, Any]:
     """Denoises `latent` and returns a new LATENT (the input's other entries, such as its noise mask, kept)."""
     if model.family in FLOW_FAMILIES:
-        from nodes.sd.flow import sample_flow  # the flow loop builds on this module's helpers
+        from latentgraph.nodes.sd.flow import sample_flow  # the flow loop builds on this module's helpers
 
         return sample_flow(model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
                            scheduler_name=scheduler_name, positive=positive, negative=negative, latent=latent,

@@ -19,11 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
-
-from nodes.sd.checkpoint import CheckpointInfo, TensorFile, _materialize, _vae_state, build_vae, file_identity
-from nodes.sd.checkpoint_save import vae_to_ldm
-from nodes.sd.detect import (
+from latentgraph.nodes.sd.checkpoint import (
+    CheckpointInfo,
+    TensorFile,
+    _materialize,
+    _vae_state,
+    build_vae,
+    file_identity,
+)
+from latentgraph.nodes.sd.checkpoint_save import vae_to_ldm
+from latentgraph.nodes.sd.detect import (
     METADATA_KEY,
     Shapes,
     UnknownCheckpoint,
@@ -33,7 +38,8 @@ from nodes.sd.detect import (
     text_config,
     vae_config,
 )
-from nodes.sd.ldm_keys import UNET_PREFIX, VAE_PREFIX
+from latentgraph.nodes.sd.ldm_keys import UNET_PREFIX, VAE_PREFIX
+from safetensors.torch import save_file
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, SD3Transformer2DModel

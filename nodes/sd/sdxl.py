@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
-
-from nodes.sd.checkpoint import (
+from latentgraph.nodes.sd.checkpoint import (
     CheckpointInfo,
     TensorFile,
     _materialize,
@@ -29,8 +27,8 @@ from nodes.sd.checkpoint import (
     build_vae,
     file_identity,
 )
-from nodes.sd.checkpoint_save import vae_to_ldm
-from nodes.sd.detect import (
+from latentgraph.nodes.sd.checkpoint_save import vae_to_ldm
+from latentgraph.nodes.sd.detect import (
     METADATA_KEY,
     Shapes,
     UnknownCheckpoint,
@@ -40,8 +38,9 @@ from nodes.sd.detect import (
     text_config,
     vae_config,
 )
-from nodes.sd.detect import unet_config as sd_unet_config
-from nodes.sd.ldm_keys import UNET_PREFIX, VAE_PREFIX, hf_to_open_clip, open_clip_to_hf, unet_key_to_ldm
+from latentgraph.nodes.sd.detect import unet_config as sd_unet_config
+from latentgraph.nodes.sd.ldm_keys import UNET_PREFIX, VAE_PREFIX, hf_to_open_clip, open_clip_to_hf, unet_key_to_ldm
+from safetensors.torch import save_file
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel

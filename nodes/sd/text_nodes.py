@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from engine.context import RunContext
-from engine.node import Input, Node
-from engine.types import Clip, Conditioning
-from nodes.sd.families import MultiClipHandle
-from nodes.sd.prompt import encode_prompt
-from nodes.sd.tokenizer import load_clip_tokenizer
+from latentgraph.engine.context import RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Clip, Conditioning
+from latentgraph.nodes.sd.families import MultiClipHandle
+from latentgraph.nodes.sd.prompt import encode_prompt
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 
 
 class CLIPTextEncode(Node):

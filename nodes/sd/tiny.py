@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from latentgraph.nodes.sd.checkpoint_save import save_single_file
+from latentgraph.nodes.sd.detect import family_config
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 from safetensors.torch import save_file
-
-from nodes.sd.checkpoint_save import save_single_file
-from nodes.sd.detect import family_config
-from nodes.sd.tokenizer import load_clip_tokenizer
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel

@@ -6,11 +6,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-from engine.context import RunContext
-from engine.node import Input, Node
-from engine.types import Image, Latent, Mask, Vae
-from nodes.sd.handles import VaeHandle
+from latentgraph.engine.context import RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Image, Latent, Mask, Vae
+from latentgraph.nodes.sd.handles import VaeHandle
 
 DECODE_BATCH = 4
 

@@ -7,11 +7,10 @@ import weakref
 from typing import Annotated, Any, ClassVar
 
 import torch
-
-from engine.context import RunContext
-from engine.node import Input, Node, NodeOutput
-from engine.registry import Registry
-from engine.types import Socket
+from latentgraph.engine.context import RunContext
+from latentgraph.engine.node import Input, Node, NodeOutput
+from latentgraph.engine.registry import Registry
+from latentgraph.engine.types import Socket
 
 Number = Annotated[Any, Socket("NUMBER")]
 

@@ -8,9 +8,9 @@ import gc
 import networkx as nx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from latentgraph.engine.context import Environment
+from latentgraph.engine.executor import Executor
 
-from engine.context import Environment
-from engine.executor import Executor
 from tests.engine.cheap_nodes import Chain, cheap_registry
 
 REGISTRY = cheap_registry()

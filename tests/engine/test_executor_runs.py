@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 
-from engine.context import Environment
-from engine.executor import Executor
-from engine.interrupt import InterruptToken
+from latentgraph.engine.context import Environment
+from latentgraph.engine.executor import Executor
+from latentgraph.engine.interrupt import InterruptToken
+
 from tests.engine.cheap_nodes import Slow, cheap_registry
 
 REGISTRY = cheap_registry()

@@ -6,8 +6,7 @@ import os
 import time
 
 import pytest
-
-from engine.folders import Folders
+from latentgraph.engine.folders import Folders
 
 
 def touch(path, content: bytes = b"x") -> None:

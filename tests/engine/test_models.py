@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.devices import execution_device, weight_dtype
-from engine.models import ModelManager, module_bytes
+from latentgraph.engine.devices import execution_device, weight_dtype
+from latentgraph.engine.models import ModelManager, module_bytes
 
 
 def _linear(seed: int) -> torch.nn.Module:

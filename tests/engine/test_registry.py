@@ -7,12 +7,11 @@ import textwrap
 from typing import Literal
 
 import pytest
-
-from engine.context import Environment
-from engine.node import Hidden, Input, Node
-from engine.registry import Registry
-from engine.types import Image, Mask
-from nodes import load_registry
+from latentgraph.engine.context import Environment
+from latentgraph.engine.node import Hidden, Input, Node
+from latentgraph.engine.registry import Registry
+from latentgraph.engine.types import Image, Mask
+from latentgraph.nodes import load_registry
 
 
 class Sample(Node):
@@ -95,7 +94,7 @@ def test_plugins_are_loaded_and_a_broken_one_is_reported_and_skipped(tmp_path, m
     good.mkdir()
     bad.mkdir()
     _install_plugin(good, monkeypatch, "lg_good_plugin", """
-        from engine.node import Input, Node
+        from latentgraph.engine.node import Input, Node
 
         class Doubler(Node):
             '''Doubles a number.'''

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from latentgraph.engine.context import Environment
+from latentgraph.engine.executor import Executor
+from latentgraph.engine.validate import InvalidPrompt, validate
 
-from engine.context import Environment
-from engine.executor import Executor
-from engine.validate import InvalidPrompt, validate
 from tests.engine.cheap_nodes import cheap_registry
 
 REGISTRY = cheap_registry()
@@ -73,8 +73,8 @@ def test_link_to_missing_node_and_missing_output(tmp_path):
 def test_value_not_in_list(tmp_path):
     from typing import Literal
 
-    from engine.node import Input, Node
-    from engine.registry import Registry
+    from latentgraph.engine.node import Input, Node
+    from latentgraph.engine.registry import Registry
 
     class Pick(Node):
         """Chooses a mode."""
@@ -94,7 +94,7 @@ def test_value_not_in_list(tmp_path):
 
 
 def test_dynamic_choices_are_checked_against_the_environment(tmp_path):
-    from nodes import load_registry
+    from latentgraph.nodes import load_registry
 
     registry = load_registry(plugins=False)
     env = Environment(tmp_path)

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from latentgraph.engine.context import RunContext
+from latentgraph.engine.executor import Executor
+from latentgraph.engine.interrupt import InterruptToken
+from latentgraph.nodes import load_registry, make_environment
+from latentgraph.nodes.image import LoadImage
 from PIL import Image
-
-from engine.context import RunContext
-from engine.executor import Executor
-from engine.interrupt import InterruptToken
-from nodes import load_registry, make_environment
-from nodes.image import LoadImage
 
 
 @pytest.fixture

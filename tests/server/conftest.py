@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from latentgraph.server.app import create_app
 
-from server.app import create_app
 from tests.server.helpers import options_for, write_input_image
 
 

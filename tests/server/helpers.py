@@ -10,15 +10,14 @@ from typing import Any, ClassVar
 
 import torch
 from aiohttp import web
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.registry import Registry
+from latentgraph.nodes import image as image_nodes
+from latentgraph.nodes import load_registry
+from latentgraph.server.app import create_app
+from latentgraph.server.options import ServerOptions
 from PIL import Image
-
-from engine.context import Environment, RunContext
-from engine.node import Input, Node
-from engine.registry import Registry
-from nodes import image as image_nodes
-from nodes import load_registry
-from server.app import create_app
-from server.options import ServerOptions
 
 
 class SlowImage(Node):

@@ -9,7 +9,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from server.app import serve
+from latentgraph.server.app import serve
+
 from tests.server.helpers import options_for
 
 if __name__ == "__main__":

@@ -132,7 +132,8 @@ async def test_pending_and_running_prompts_show_in_history_and_queue(client):
 
 
 async def test_history_paging_and_limit(aiohttp_client, base_dir):
-    from server.app import create_app
+    from latentgraph.server.app import create_app
+
     from tests.server.helpers import options_for
 
     client = await aiohttp_client(create_app(options_for(base_dir, history_limit=3)))

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def latentgraph(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "server", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "latentgraph.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -131,8 +131,7 @@ def test_help_lists_every_command(base):
 
 def test_threads_option_and_variable_cap_torch_threads(base, monkeypatch):
     import torch
-
-    from server.cli import main
+    from latentgraph.cli.main import main
 
     workflow = str(image_workflow(base / "wf.json"))
     before = torch.get_num_threads()

@@ -27,7 +27,7 @@ TXT2IMG = ROOT / "workflows" / "txt2img.json"
 def served(tmp_path_factory):
     """`latentgraph serve` itself, as a subprocess on 127.0.0.1 with a free port."""
     base = tmp_path_factory.mktemp("serve")
-    server = ServerProcess(base, "-m", "server", "serve", "--base-dir", str(base), "--port", "0")
+    server = ServerProcess(base, "-m", "latentgraph.cli", "serve", "--base-dir", str(base), "--port", "0")
     yield server
     assert server.stop(signal.SIGTERM) == 0
 

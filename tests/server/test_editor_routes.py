@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from latentgraph.server.editor import WORKFLOWS_DIR, frontend_dir, template_names
 
-from server.editor import WORKFLOWS_DIR, frontend_dir, template_names
 from tests.server.helpers import image_prompt, receive_until
 
 DATA = Path(__file__).parent / "data"
@@ -95,7 +95,7 @@ async def test_first_visit_is_sent_to_txt2img_then_not_again(client) -> None:
 
 
 async def test_post_prompt_accepts_the_editor_format(client, base_dir: Path) -> None:
-    from server.uiformat import api_to_ui
+    from latentgraph.server.uiformat import api_to_ui
 
     info = await (await client.get("/api/object_info")).json()
     ui = api_to_ui(image_prompt("fromui"), info)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from latentgraph.cli.main import main
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import load_registry, make_environment
+from latentgraph.server.uiformat import api_to_ui
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from engine.executor import Executor
-from nodes import load_registry, make_environment
-from server.cli import main
-from server.uiformat import api_to_ui
 from tests.server.helpers import write_input_image
 
 PROMPT = {

@@ -7,7 +7,8 @@ import json
 import struct
 from pathlib import Path
 
-from server.state import STATE
+from latentgraph.server.state import STATE
+
 from tests.server.helpers import finished, receive_until
 
 TXT2IMG = Path(__file__).resolve().parents[2] / "workflows" / "txt2img.json"

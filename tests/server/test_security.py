@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from latentgraph.server.app import create_app
 from PIL import Image
 
-from server.app import create_app
 from tests.server.helpers import ThreadedServer, image_prompt, options_for
 
 TRAVERSAL_NAMES = [

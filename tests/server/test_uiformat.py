@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from server.uiformat import ConversionError, api_to_ui, is_ui_format, ui_to_api, widgets_to_inputs
+from latentgraph.server.uiformat import ConversionError, api_to_ui, is_ui_format, ui_to_api, widgets_to_inputs
 
 DATA = Path(__file__).parent / "data"
 WORKFLOWS = sorted((Path(__file__).parents[2] / "workflows").glob("*.json"))
@@ -236,7 +235,7 @@ def test_flattened_ids_are_renumbered_keeping_the_links(object_info: dict) -> No
 
 
 def _real_object_info(tmp_path: Path) -> dict:
-    from nodes import load_registry, make_environment
+    from latentgraph.nodes import load_registry, make_environment
 
     return load_registry().object_info(make_environment(tmp_path))
 

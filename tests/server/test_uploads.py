@@ -58,7 +58,8 @@ async def test_upload_rejects_non_images_and_bad_requests(client, base_dir):
 
 
 async def test_upload_size_limit(aiohttp_client, base_dir):
-    from server.app import create_app
+    from latentgraph.server.app import create_app
+
     from tests.server.helpers import options_for
 
     client = await aiohttp_client(create_app(options_for(base_dir, max_upload_bytes=2000)))

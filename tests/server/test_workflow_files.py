@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from latentgraph.cli.main import main
+from latentgraph.server.workflow_files import WorkflowFileError, load_workflow
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-
-from server.cli import main
-from server.workflow_files import WorkflowFileError, load_workflow
 
 DATA = Path(__file__).parent / "data"
 OBJECT_INFO = json.loads((DATA / "object_info.json").read_text())

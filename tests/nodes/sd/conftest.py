@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from engine.executor import Executor
-from nodes import load_registry, make_environment
-from nodes.sd.tiny import build_tiny_pipeline_components, write_tiny_checkpoint
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import load_registry, make_environment
+from latentgraph.nodes.sd.tiny import build_tiny_pipeline_components, write_tiny_checkpoint
 
 TINY = "tiny.safetensors"
 

@@ -8,11 +8,10 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.interrupt import InterruptToken
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-from engine.context import Environment, RunContext
-from engine.interrupt import InterruptToken
 
 WIDTH = 32
 T5_WORDS = "a photo of an astronaut riding horse on the moon cat dog blurry red".split()

@@ -7,10 +7,9 @@ import io
 from typing import Any
 
 import numpy as np
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.interrupt import InterruptToken
 from PIL import Image
-
-from engine.context import Environment, RunContext
-from engine.interrupt import InterruptToken
 
 
 def run_context(env: Environment, events: list | None = None) -> RunContext:

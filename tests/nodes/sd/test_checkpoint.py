@@ -10,14 +10,19 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
-
-from engine.executor import Executor
-from nodes import make_environment
-from nodes.sd.checkpoint import UnsafeCheckpoint, build_text_encoder, build_unet, build_vae, inspect_checkpoint
-from nodes.sd.checkpoint_save import save_single_file, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
-from nodes.sd.detect import detect, family_config
-from nodes.sd.loader_nodes import checkpoint_names
-from nodes.sd.model_paths import read_extra_model_paths
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import make_environment
+from latentgraph.nodes.sd.checkpoint import (
+    UnsafeCheckpoint,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    inspect_checkpoint,
+)
+from latentgraph.nodes.sd.checkpoint_save import save_single_file, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
+from latentgraph.nodes.sd.detect import detect, family_config
+from latentgraph.nodes.sd.loader_nodes import checkpoint_names
+from latentgraph.nodes.sd.model_paths import read_extra_model_paths
 
 from .sd_helpers import output_pixels, txt2img
 
@@ -30,7 +35,7 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_single_file_loads_to_the_same_weights(tiny_parts, tmp_path: Path) -> None:
-    from nodes.sd.checkpoint import load_component
+    from latentgraph.nodes.sd.checkpoint import load_component
 
     path = save_single_file(tiny_parts.unet, tiny_parts.vae, tiny_parts.text_encoder, tmp_path / "m.safetensors")
     info = inspect_checkpoint(path)
@@ -125,8 +130,8 @@ def test_shapes_not_tables_decide_dimensions() -> None:
 
 def test_sd2_v_prediction_single_file_round_trip(tmp_path: Path) -> None:
     """An SD2-style (OpenCLIP, gelu) model written with v-prediction loads back as such, with the same weights."""
-    from nodes.sd.checkpoint import load_component
-    from nodes.sd.tiny import build_tiny_pipeline_components
+    from latentgraph.nodes.sd.checkpoint import load_component
+    from latentgraph.nodes.sd.tiny import build_tiny_pipeline_components
 
     parts = build_tiny_pipeline_components(seed=1)
     config = dict(parts.text_encoder.config.to_dict(), hidden_act="gelu")
@@ -152,7 +157,7 @@ def test_pickled_checkpoints_are_refused_unless_allowed(tmp_path: Path, monkeypa
 
 def test_pickled_checkpoint_loads_when_the_user_opts_in(tiny_parts, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from nodes.sd.checkpoint import load_component
+    from latentgraph.nodes.sd.checkpoint import load_component
 
     state = {**unet_to_ldm(tiny_parts.unet), **vae_to_ldm(tiny_parts.vae),
              **text_encoder_to_ldm(tiny_parts.text_encoder)}
@@ -205,8 +210,7 @@ def test_standalone_vae_file_decodes_like_the_checkpoint_vae(registry, tiny_part
 def test_settings_shapes_cannot_tell_travel_in_the_metadata(tiny_parts, tmp_path: Path) -> None:
     """A VAE with one norm group and a UNet with 4 heads load back with those settings, not SD's conventions."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from nodes.sd.checkpoint import load_component
+    from latentgraph.nodes.sd.checkpoint import load_component
 
     torch.manual_seed(0)
     vae = AutoencoderKL.from_config(dict(tiny_parts.vae.config, norm_num_groups=1))

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-
-from nodes.sd.loader_nodes import CheckpointLoaderSimple
-from nodes.sd.prompt import encode_prompt
-from nodes.sd.samplers import make_scheduler
-from nodes.sd.sampling import sample
-from nodes.sd.tokenizer import load_clip_tokenizer
-from nodes.sd.vae_nodes import encode
+from latentgraph.nodes.sd.loader_nodes import CheckpointLoaderSimple
+from latentgraph.nodes.sd.prompt import encode_prompt
+from latentgraph.nodes.sd.samplers import make_scheduler
+from latentgraph.nodes.sd.sampling import sample
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
+from latentgraph.nodes.sd.vae_nodes import encode
 
 from .conftest import TINY
 from .sd_helpers import run_context
@@ -80,9 +79,9 @@ def test_cfg_one_skips_the_unconditional_pass(handles) -> None:
 
 def test_v_prediction_txt2img_equals_pipeline(registry, tiny_parts, tmp_path) -> None:
     """A checkpoint marked v-prediction (ComfyUI's `v_pred` key) samples as diffusers does with v_prediction."""
-    from engine.executor import Executor
-    from nodes import make_environment
-    from nodes.sd.checkpoint_save import save_single_file
+    from latentgraph.engine.executor import Executor
+    from latentgraph.nodes import make_environment
+    from latentgraph.nodes.sd.checkpoint_save import save_single_file
 
     save_single_file(tiny_parts.unet, tiny_parts.vae, tiny_parts.text_encoder,
                      tmp_path / "models" / "checkpoints" / "v.safetensors", prediction_type="v_prediction")
@@ -100,7 +99,7 @@ def test_v_prediction_txt2img_equals_pipeline(registry, tiny_parts, tmp_path) ->
 
 def test_batch_index_gives_each_image_its_own_noise() -> None:
     """As in ComfyUI: image i of a batch gets the i-th draw of the seed, so one image can be re-made alone."""
-    from nodes.sd.sampling import prepare_noise
+    from latentgraph.nodes.sd.sampling import prepare_noise
 
     whole, _ = prepare_noise(torch.zeros(3, 4, 8, 8), 42)
     picked, _ = prepare_noise(torch.zeros(1, 4, 8, 8), 42, batch_index=[2])

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import load_registry, make_environment
+from latentgraph.nodes.sd.sd3 import save_sd3_single_file
+from latentgraph.nodes.sd.sdxl import save_sdxl_single_file
 
-from engine.executor import Executor
-from nodes import load_registry, make_environment
-from nodes.sd.sd3 import save_sd3_single_file
-from nodes.sd.sdxl import save_sdxl_single_file
 from tests.nodes.sd.families_tiny import tiny_sd3, tiny_sdxl
 
 WORKFLOWS = Path(__file__).resolve().parents[3] / "workflows"

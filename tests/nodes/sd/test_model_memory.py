@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from engine.executor import Executor
-from nodes import make_environment
-from nodes.sd.tiny import write_tiny_checkpoint
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import make_environment
+from latentgraph.nodes.sd.tiny import write_tiny_checkpoint
 
 from .sd_helpers import output_pixels, txt2img
 

@@ -9,17 +9,23 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from latentgraph.nodes import make_environment
+from latentgraph.nodes.sd.checkpoint import inspect_checkpoint
+from latentgraph.nodes.sd.detect import METADATA_KEY, UnknownCheckpoint, family_config
+from latentgraph.nodes.sd.families import family_handles, load_family_component
+from latentgraph.nodes.sd.nodes_sd3 import (
+    DualCLIPLoader,
+    EmptySD3LatentImage,
+    ModelSamplingSD3,
+    TripleCLIPLoader,
+    UNETLoader,
+)
+from latentgraph.nodes.sd.sampling import sample
+from latentgraph.nodes.sd.sd3 import detect_sd3, save_sd3_single_file, transformer_to_sai
+from latentgraph.nodes.sd.text_nodes import CLIPTextEncode
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 from safetensors.torch import save_file
 
-from nodes import make_environment
-from nodes.sd.checkpoint import inspect_checkpoint
-from nodes.sd.detect import METADATA_KEY, UnknownCheckpoint, family_config
-from nodes.sd.families import family_handles, load_family_component
-from nodes.sd.nodes_sd3 import DualCLIPLoader, EmptySD3LatentImage, ModelSamplingSD3, TripleCLIPLoader, UNETLoader
-from nodes.sd.sampling import sample
-from nodes.sd.sd3 import detect_sd3, save_sd3_single_file, transformer_to_sai
-from nodes.sd.text_nodes import CLIPTextEncode
-from nodes.sd.tokenizer import load_clip_tokenizer
 from tests.nodes.sd.families_tiny import run_context, tiny_sd3, write_t5_tokenizer
 
 PROMPT, NEGATIVE = "a photo of an astronaut riding a horse on the moon", "blurry"

@@ -9,19 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from latentgraph.engine.executor import Executor
+from latentgraph.engine.interrupt import InterruptToken
+from latentgraph.engine.validate import InvalidPrompt
+from latentgraph.nodes import make_environment
+from latentgraph.nodes.sd.latent_nodes import bislerp
+from latentgraph.nodes.sd.loader_nodes import CheckpointLoaderSimple
+from latentgraph.nodes.sd.prompt import encode_prompt, parse_weights
+from latentgraph.nodes.sd.sampling import sample
+from latentgraph.nodes.sd.tiny import write_random_lora
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
+from latentgraph.nodes.sd.vae_nodes import encode
 from safetensors.torch import save_file
-
-from engine.executor import Executor
-from engine.interrupt import InterruptToken
-from engine.validate import InvalidPrompt
-from nodes import make_environment
-from nodes.sd.latent_nodes import bislerp
-from nodes.sd.loader_nodes import CheckpointLoaderSimple
-from nodes.sd.prompt import encode_prompt, parse_weights
-from nodes.sd.sampling import sample
-from nodes.sd.tiny import write_random_lora
-from nodes.sd.tokenizer import load_clip_tokenizer
-from nodes.sd.vae_nodes import encode
 
 from .conftest import TINY, with_checkpoint
 from .sd_helpers import output_files, output_pixels, run_context, txt2img, with_lora
@@ -224,7 +223,7 @@ def test_sd2_layer_numbering_follows_comfyui(handles) -> None:
 
 
 def test_latent_upscale_keeps_aspect_for_a_zero_side_and_the_noise_mask(shared_executor) -> None:
-    from nodes.sd.latent_nodes import LatentUpscale, LatentUpscaleBy
+    from latentgraph.nodes.sd.latent_nodes import LatentUpscale, LatentUpscaleBy
 
     latent = {"samples": torch.randn(1, 4, 8, 16), "noise_mask": torch.ones(1, 1, 64, 128)}
     ctx = run_context(shared_executor.env)

@@ -13,17 +13,17 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from latentgraph.nodes import make_environment
+from latentgraph.nodes.sd.checkpoint import inspect_checkpoint
+from latentgraph.nodes.sd.detect import family_config
+from latentgraph.nodes.sd.families import family_handles, load_family_component
+from latentgraph.nodes.sd.nodes_sdxl import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
+from latentgraph.nodes.sd.sampling import sample
+from latentgraph.nodes.sd.sdxl import big_g_to_open_clip, detect_sdxl, save_sdxl_single_file, xl_unet_key_to_ldm
+from latentgraph.nodes.sd.text_nodes import CLIPTextEncode
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from nodes import make_environment
-from nodes.sd.checkpoint import inspect_checkpoint
-from nodes.sd.detect import family_config
-from nodes.sd.families import family_handles, load_family_component
-from nodes.sd.nodes_sdxl import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
-from nodes.sd.sampling import sample
-from nodes.sd.sdxl import big_g_to_open_clip, detect_sdxl, save_sdxl_single_file, xl_unet_key_to_ldm
-from nodes.sd.text_nodes import CLIPTextEncode
-from nodes.sd.tokenizer import load_clip_tokenizer
 from tests.nodes.sd.families_tiny import run_context, tiny_sdxl
 
 PROMPT, NEGATIVE = "a photo of an astronaut riding a horse", "blurry"

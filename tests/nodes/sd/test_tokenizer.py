@@ -1,6 +1,6 @@
 """The shipped CLIP vocabulary gives the token ids published for CLIP."""
 
-from nodes.sd.tokenizer import load_clip_tokenizer
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 
 
 def test_known_token_ids() -> None:

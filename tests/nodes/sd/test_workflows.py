@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from engine.executor import Executor
-from nodes import make_environment
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import make_environment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -35,7 +35,7 @@ def _require_browser_stack() -> None:
         pytest.fail("the browser tests need Playwright: pip install -e .[test]")
     if not CHROMIUM.exists():
         pytest.fail(f"the browser tests need chromium at {CHROMIUM}: apt-get install -y chromium")
-    from server.editor import frontend_dir
+    from latentgraph.server.editor import frontend_dir
 
     if frontend_dir() is None:
         pytest.fail("the browser tests need the editor: pip install -e .[editor]")
@@ -50,13 +50,13 @@ def _checkpoint_name() -> str:
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a fresh server (new base directory, so the editor sees a first-time user)."""
     _require_browser_stack()
-    from nodes.sd.tiny import write_tiny_checkpoint
+    from latentgraph.nodes.sd.tiny import write_tiny_checkpoint
 
     base = tmp_path_factory.mktemp("base")
     write_tiny_checkpoint(base / "models" / "checkpoints" / _checkpoint_name())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--base-dir", str(base), "--port", "0"],
+        [sys.executable, "-m", "latentgraph.cli.main", "serve", "--base-dir", str(base), "--port", "0"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     found: list[str] = []

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+from latentgraph.training.dataset import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render
 from PIL import Image
 from scipy import ndimage
-
-from nodes.sd.training.dataset import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render
 
 BORDER = 3
 MIN_AREA = 12

@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from engine.validate import InvalidPrompt
-from server.commands.common import (
+from latentgraph.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
@@ -22,7 +19,9 @@ from server.commands.common import (
     load_workflow_file,
     make_executor,
 )
-from server.uiformat import api_to_ui
+from latentgraph.engine.validate import InvalidPrompt
+from latentgraph.server.uiformat import api_to_ui
+from tqdm import tqdm
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

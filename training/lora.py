@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from latentgraph.nodes.sd.checkpoint import inspect_checkpoint, load_component
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_file
 from tqdm import tqdm
-
-from nodes.sd.checkpoint import inspect_checkpoint, load_component
-from nodes.sd.tokenizer import load_clip_tokenizer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")

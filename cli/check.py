@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from server.commands.common import (
+from latentgraph.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     WorkflowFileError,

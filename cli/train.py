@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from server.commands.common import (
+from latentgraph.cli.common import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
@@ -19,8 +19,8 @@ from server.commands.common import (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from nodes.sd.training.demo import PRESETS, STATE_FILE, train_demo
-    from nodes.sd.training.export import write_diffusers_folder, write_single_file
+    from latentgraph.training.demo import PRESETS, STATE_FILE, train_demo
+    from latentgraph.training.export import write_diffusers_folder, write_single_file
 
     apply_threads(args.threads)
     config = None
@@ -47,15 +47,15 @@ def _find_base(base_dir: Path, name: str) -> Path:
     path = Path(name)
     if path.exists():
         return path
-    from nodes import make_environment
-    from nodes.sd.loader_nodes import find_checkpoint
+    from latentgraph.nodes import make_environment
+    from latentgraph.nodes.sd.loader_nodes import find_checkpoint
 
     return find_checkpoint(make_environment(base_dir), name)
 
 
 def _lora(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
-    from nodes.sd.training.lora import DatasetError, LoraConfig, scan_dataset, train_lora
+    from latentgraph.training.lora import DatasetError, LoraConfig, scan_dataset, train_lora
 
     try:
         examples = scan_dataset(args.data)

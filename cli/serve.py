@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from server.commands.common import add_base_dir_argument, add_threads_argument, apply_threads
-from server.options import DEFAULT_PORT, TOKEN_ENV, ServerOptions, is_loopback
+from latentgraph.cli.common import add_base_dir_argument, add_threads_argument, apply_threads
+from latentgraph.server.options import DEFAULT_PORT, TOKEN_ENV, ServerOptions, is_loopback
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from server.app import run
+    from latentgraph.server.app import run
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from server.commands.common import add_base_dir_argument, make_executor
+from latentgraph.cli.common import add_base_dir_argument, make_executor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

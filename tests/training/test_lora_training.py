@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from latentgraph.nodes.sd.loader_nodes import ASSETS, DEFAULT_CHECKPOINT
+from latentgraph.training.classifier import shape_rgb
+from latentgraph.training.dataset import COLOURS, POSITIONS, SHAPES, SIZES, Scene, write_folder
+from latentgraph.training.evaluate import Settings, generate, load_workflow, make_executor
+from latentgraph.training.lora import DatasetError, LoraConfig, scan_dataset, train_lora
 from safetensors import safe_open
-
-from nodes.sd.loader_nodes import ASSETS, DEFAULT_CHECKPOINT
-from nodes.sd.training.classifier import shape_rgb
-from nodes.sd.training.dataset import COLOURS, POSITIONS, SHAPES, SIZES, Scene, write_folder
-from nodes.sd.training.evaluate import Settings, generate, load_workflow, make_executor
-from nodes.sd.training.lora import DatasetError, LoraConfig, scan_dataset, train_lora
 
 WORKFLOW = Path(__file__).resolve().parents[4] / "workflows" / "lora.json"
 CYAN = np.array([0, 200, 210], dtype=np.float32)
@@ -85,7 +84,7 @@ def test_lora_moves_colour_toward_the_new_concept(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_data_without_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from latentgraph.cli.main import main
 
     write_folder(_cyan_scenes(2), tmp_path / "data", palette=PALETTE)
     (tmp_path / "data" / "00001.txt").unlink()

@@ -1,4 +1,4 @@
-"""The `latentgraph` command: one sub-command per module in server/commands."""
+"""The `latentgraph` command: one sub-command per module in this package."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 COMMAND_MODULES = [
-    "server.commands.run",
-    "server.commands.check",
-    "server.commands.nodes",
-    "server.commands.serve",
-    "server.commands.convert",
-    "server.commands.train",
+    "latentgraph.cli.run",
+    "latentgraph.cli.check",
+    "latentgraph.cli.nodes",
+    "latentgraph.cli.serve",
+    "latentgraph.cli.convert",
+    "latentgraph.cli.train",
 ]
 
 

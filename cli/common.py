@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.executor import Executor
-from nodes import load_registry, make_environment
-from server.workflow_files import WorkflowFileError as WorkflowFileError  # re-exported for the commands
-from server.workflow_files import load_workflow
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import load_registry, make_environment
+from latentgraph.server.workflow_files import WorkflowFileError as WorkflowFileError  # re-exported for the commands
+from latentgraph.server.workflow_files import load_workflow
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 

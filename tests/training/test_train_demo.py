@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from latentgraph.nodes.sd.detect import METADATA_KEY
+from latentgraph.training.demo import PRESETS, TrainState, loss_history, train_demo
+from latentgraph.training.evaluate import load_workflow, make_executor
+from latentgraph.training.export import write_diffusers_folder, write_single_file
+from latentgraph.training.models import VAE_NORM_GROUPS
 from safetensors import safe_open
-
-from nodes.sd.detect import METADATA_KEY
-from nodes.sd.training.demo import PRESETS, TrainState, loss_history, train_demo
-from nodes.sd.training.evaluate import load_workflow, make_executor
-from nodes.sd.training.export import write_diffusers_folder, write_single_file
-from nodes.sd.training.models import VAE_NORM_GROUPS
 
 WORKFLOW = Path(__file__).resolve().parents[4] / "workflows" / "txt2img.json"
 

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from latentgraph.nodes.sd.checkpoint_save import save_single_file
+from latentgraph.nodes.sd.detect import family_config
+from latentgraph.nodes.sd.tokenizer import TOKENIZER_DIR
+from latentgraph.training.demo import TrainState
+from latentgraph.training.models import build_text_encoder, build_unet, build_vae
 from transformers import CLIPTextModel
-
-from nodes.sd.checkpoint_save import save_single_file
-from nodes.sd.detect import family_config
-from nodes.sd.tokenizer import TOKENIZER_DIR
-from nodes.sd.training.demo import TrainState
-from nodes.sd.training.models import build_text_encoder, build_unet, build_vae
 
 
 def rescale_vae(vae: AutoencoderKL, latent_scale: float) -> AutoencoderKL:

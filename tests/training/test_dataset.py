@@ -4,9 +4,8 @@ what the pixels show (read back by the pixel classifier)."""
 from __future__ import annotations
 
 import numpy as np
-
-from nodes.sd.training import dataset
-from nodes.sd.training.classifier import classify
+from latentgraph.training import dataset
+from latentgraph.training.classifier import classify
 
 
 def test_samples_are_a_function_of_seed_and_index() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodes.sd.training.dataset import held_out_scenes
-from nodes.sd.training.evaluate import Settings, generate, load_workflow, make_executor, score
+from latentgraph.training.dataset import held_out_scenes
+from latentgraph.training.evaluate import Settings, generate, load_workflow, make_executor, score
 
 WORKFLOW = Path(__file__).resolve().parents[4] / "workflows" / "txt2img.json"
 

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from server.commands.common import EXIT_INVALID, EXIT_OK
-from server.uiformat import api_to_ui
-from server.workflow_files import conversion_object_info, load_workflow
+from latentgraph.cli.common import EXIT_INVALID, EXIT_OK
+from latentgraph.server.uiformat import api_to_ui
+from latentgraph.server.workflow_files import conversion_object_info, load_workflow
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

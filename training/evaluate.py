@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from latentgraph.engine.executor import Executor
+from latentgraph.nodes import load_registry, make_environment
+from latentgraph.training.classifier import Reading, classify
+from latentgraph.training.dataset import Scene
 from PIL import Image, ImageDraw
-
-from engine.executor import Executor
-from nodes import load_registry, make_environment
-from nodes.sd.training.classifier import Reading, classify
-from nodes.sd.training.dataset import Scene
 
 ATTRIBUTES = ("colour", "shape", "background")
 

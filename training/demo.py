@@ -20,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
-from nodes.sd.tokenizer import load_clip_tokenizer
-from nodes.sd.training import dataset
-from nodes.sd.training.models import (
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
+from latentgraph.training import dataset
+from latentgraph.training.models import (
     Architecture,
     alphas_cumprod,
     build_text_encoder,
     build_unet,
     build_vae,
 )
-from nodes.sd.training.vae_init import init_vae
+from latentgraph.training.vae_init import init_vae
+from tqdm import tqdm
 
 STATE_FILE = "state.pt"
 LATENTS_FILE = "latents.pt"

@@ -1,7 +1,0 @@
-"""`python -m server` runs the latentgraph command line."""
-
-import sys
-
-from server.cli import main
-
-sys.exit(main())
