@@ -86,8 +86,15 @@ def combination_error(sampler: str, scheduler: str) -> str | None:
     return None
 
 
-def make_scheduler(sampler: str, scheduler: str, base_config: dict[str, Any]) -> Any:
-    """A fresh diffusers scheduler for the pair, on the model's noise schedule (betas, prediction type)."""
+def make_scheduler(sampler: str, scheduler: str, base_config: dict[str, Any], seed: int | None = None) -> Any:
+    """A fresh diffusers scheduler for the pair, on the model's noise schedule (betas, prediction type).
+
+    `seed` seeds noise the scheduler draws on its own: DPMSolverSDE's Brownian tree takes no generator and, left
+    unseeded, draws its entropy from torch's global RNG, so the same KSampler seed gave a different image on every
+    run (and a cached, supposedly deterministic result that a re-run did not reproduce). Like ComfyUI's
+    BrownianTreeNoiseSampler, one tree per call is seeded with the node's seed. Ancestral and SDE schedulers that
+    take a generator get the seeded one from the sampling loop instead.
+    """
     import diffusers
     error = combination_error(sampler, scheduler)
     if error:
@@ -97,4 +104,6 @@ def make_scheduler(sampler: str, scheduler: str, base_config: dict[str, Any]) ->
     config = {k: v for k, v in base_config.items() if k in params}
     config.update(sampler_options)
     config.update(SCHEDULERS[scheduler])
+    if "noise_sampler_seed" in params:
+        config["noise_sampler_seed"] = seed
     return getattr(diffusers, class_name)(**config)

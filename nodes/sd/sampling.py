@@ -175,7 +175,7 @@ def sample(model: ModelHandle, *, seed: int, steps: int, cfg: float, sampler_nam
     if window is None:
         return out_latent
     total, first, last = window
-    scheduler = make_scheduler(sampler_name, scheduler_name, model.scheduler_config)
+    scheduler = make_scheduler(sampler_name, scheduler_name, model.scheduler_config, seed=seed)
     scale = model.latent_scale
     with model.use() as unet:
         device = unet.device
