@@ -11,10 +11,21 @@ from collections.abc import Callable
 from aiohttp import web
 from latentgraph.engine.executor import DEFAULT_CACHE_BYTES, Executor
 from latentgraph.nodes import load_registry, make_environment
-from latentgraph.server import editor, openapi, routes_files, routes_info, routes_queue
+from latentgraph.server import (
+    openapi,
+    routes_files,
+    routes_i18n,
+    routes_info,
+    routes_queue,
+    routes_settings,
+    routes_userdata,
+)
 from latentgraph.server.jsonio import json_errors
 from latentgraph.server.options import ServerOptions, is_loopback
 from latentgraph.server.queue import PromptQueue
+from latentgraph.server.routes_logs import add_log_buffer
+from latentgraph.server.routes_static import add_static_routes
+from latentgraph.server.routes_templates import add_template_routes
 from latentgraph.server.routes_ws import add_websocket_route
 from latentgraph.server.routing import add_api_routes
 from latentgraph.server.security import security_middlewares
@@ -42,10 +53,14 @@ def create_app(options: ServerOptions) -> web.Application:
     app = web.Application(middlewares=[json_errors, *security_middlewares(options)],
                           client_max_size=options.max_json_bytes)
     app[STATE] = state
-    for table in (routes_queue.routes, routes_files.routes, routes_info.routes, openapi.routes):
+    for table in (routes_queue.routes, routes_files.routes, routes_info.routes, openapi.routes,
+                  routes_userdata.routes, routes_settings.routes, routes_i18n.routes):
         add_api_routes(app, table)
     add_websocket_route(app)
-    editor.add_routes(app)
+    app.router.add_routes(routes_info.internal_routes)
+    add_template_routes(app)
+    add_log_buffer(app)
+    add_static_routes(app)  # last: the editor's static files claim top-level names
 
     async def start(app: web.Application) -> None:
         hub.attach(asyncio.get_running_loop())

@@ -1,4 +1,4 @@
-"""What the server knows and has: node definitions, models, embeddings, features and system statistics."""
+"""What the server knows and has: node definitions, models and folders, embeddings, features and system statistics."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
-from latentgraph.server.editor import EDITOR_EXTENSIONS
 from latentgraph.server.jsonio import ApiError
+from latentgraph.server.routes_static import EDITOR_EXTENSIONS
 from latentgraph.server.state import get_state
 
 routes = web.RouteTableDef()
+internal_routes = web.RouteTableDef()  # the editor's /internal/* routes: not mirrored under /api
 
 
 def latentgraph_version() -> str:
@@ -103,7 +104,7 @@ async def embeddings(request: web.Request) -> web.Response:
 
 @routes.get("/extensions")
 async def extensions(request: web.Request) -> web.Response:
-    """Editor extension scripts: latentgraph's own (server/editor.py); its nodes are plain Python."""
+    """Editor extension scripts: latentgraph's own (server/routes_static.py); its nodes are plain Python."""
     return web.json_response(EDITOR_EXTENSIONS)
 
 
@@ -128,3 +129,37 @@ async def model_files(request: web.Request) -> web.Response:
     if folder not in folders.kinds():
         raise ApiError(404, "not_found", "Unknown model folder", f"known folders: {folders.kinds()}")
     return web.json_response(await asyncio.to_thread(folders.list, folder))
+
+
+@routes.get("/experiment/models")
+async def model_kinds(request: web.Request) -> web.Response:
+    folders = get_state(request).executor.env.folders
+    return web.json_response([{"name": kind, "folders": [str(f) for f in folders.folders(kind)]}
+                              for kind in folders.kinds()])
+
+
+@routes.get("/experiment/models/{folder}")
+async def model_list(request: web.Request) -> web.Response:
+    folders = get_state(request).executor.env.folders
+    kind = request.match_info["folder"]
+    if kind not in folders.kinds():
+        raise ApiError(404, "not_found", "Unknown model folder", f"no model folder {kind!r}")
+    names = await asyncio.to_thread(folders.list, kind)
+    return web.json_response([{"name": name, "pathIndex": 0} for name in names])
+
+
+@internal_routes.get("/internal/folder_paths")
+async def folder_paths(request: web.Request) -> web.Response:
+    folders = get_state(request).executor.env.folders
+    return web.json_response({kind: [str(f) for f in folders.folders(kind)] for kind in folders.kinds()})
+
+
+@internal_routes.get("/internal/files/{kind}")
+async def internal_files(request: web.Request) -> web.Response:
+    folders = get_state(request).executor.env.folders
+    roots = {"input": folders.input_dir, "output": folders.output_dir, "temp": folders.temp_dir}
+    root = roots.get(request.match_info["kind"])
+    if root is None:
+        raise ApiError(400, "invalid_type", "Unknown folder", "use input, output or temp")
+    names = await asyncio.to_thread(lambda: sorted(p.name for p in root.iterdir() if p.is_file()))
+    return web.json_response(names)

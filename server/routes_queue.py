@@ -9,10 +9,10 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-from latentgraph.server.editor import accept_ui_workflow
 from latentgraph.server.jsonio import ApiError, id_list, query_int, read_object
 from latentgraph.server.queue import JOB_STATUSES, DuplicatePromptId, now_ms
 from latentgraph.server.state import get_state
+from latentgraph.server.uiformat import ConversionError, is_ui_format, ui_to_api
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -23,6 +23,31 @@ PROMPT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def _prompt_error(message: str, details: str, kind: str = "invalid_prompt") -> ApiError:
     return ApiError(400, kind, message, details, node_errors={})
+
+
+async def accept_ui_workflow(body: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    """A /prompt body whose `prompt` is an editor workflow, turned into one with the API prompt.
+
+    The editor workflow also goes into `extra_data.extra_pnginfo.workflow`, as the editor itself would send it,
+    so that saved PNGs carry the graph. Conversion errors are 400s naming the node.
+    """
+    prompt = body.get("prompt")
+    if not is_ui_format(prompt):
+        return body
+    object_info = await asyncio.to_thread(get_state(request).object_info)
+    try:
+        converted = await asyncio.to_thread(ui_to_api, prompt, object_info)
+    except ConversionError as exc:
+        node_errors = {} if exc.node_id is None else {exc.node_id: {
+            "errors": [{"type": "invalid_workflow", "message": "Cannot convert the editor workflow",
+                        "details": str(exc), "extra_info": {}}],
+            "dependent_outputs": [], "class_type": exc.node_type}}
+        raise ApiError(400, "invalid_prompt", "Cannot convert the editor workflow", str(exc),
+                       node_errors=node_errors) from exc
+    extra_data = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+    pnginfo = extra_data.get("extra_pnginfo") if isinstance(extra_data.get("extra_pnginfo"), dict) else {}
+    return {**body, "prompt": converted,
+            "extra_data": {**extra_data, "extra_pnginfo": {**pnginfo, "workflow": pnginfo.get("workflow", prompt)}}}
 
 
 @routes.post("/prompt")

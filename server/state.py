@@ -27,6 +27,10 @@ class ServerState:
     def broadcast_status(self) -> None:
         broadcast_status(self.queue, self.hub)
 
+    def object_info(self) -> dict[str, Any]:
+        """/object_info of every node: what UI-format conversion needs (call it off the event loop)."""
+        return self.executor.registry.object_info(self.executor.env)
+
 
 def queue_status(queue: PromptQueue) -> dict[str, Any]:
     """ComfyUI's `status` payload: how many prompts are pending or running."""

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from latentgraph.server.editor import WORKFLOWS_DIR, frontend_dir, template_names
+from latentgraph.server.routes_static import frontend_dir
+from latentgraph.server.routes_templates import WORKFLOWS_DIR, template_names
 
 from tests.server.helpers import image_prompt, receive_until
 

@@ -35,7 +35,7 @@ def _require_browser_stack() -> None:
         pytest.fail("the browser tests need Playwright: pip install -e .[test]")
     if not CHROMIUM.exists():
         pytest.fail(f"the browser tests need chromium at {CHROMIUM}: apt-get install -y chromium")
-    from latentgraph.server.editor import frontend_dir
+    from latentgraph.server.routes_static import frontend_dir
 
     if frontend_dir() is None:
         pytest.fail("the browser tests need the editor: pip install -e .[editor]")
