@@ -19,8 +19,13 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    """One [H,W,C] image in 0..1 as an 8-bit PIL image."""
-    array = np.clip(image.detach().cpu().float().numpy() * 255.0, 0, 255).round().astype(np.uint8)
+    """One [H,W,C] image in 0..1 as an 8-bit PIL image, quantised as ComfyUI's SaveImage and lanczos do.
+
+    ComfyUI truncates (`clip(255 * x, 0, 255).astype(uint8)`) rather than rounding; rounding made about half our
+    pixels 1 higher than ComfyUI's for the same image, so files could not be compared byte for byte. 255 * x is
+    computed in float32, as ComfyUI does on its float32 IMAGE tensors, so values on a boundary land the same way.
+    """
+    array = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
     return Image.fromarray(array if array.shape[-1] != 1 else array[..., 0])
 
 
