@@ -10,10 +10,12 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH = 64
+BODY_CHUNK = 64 * 1024
 
 
 class ApiError(web.HTTPException):
@@ -55,16 +57,32 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", "The request body is too large", f"the limit is {limit} bytes")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, however many TCP writes or chunks it arrives in; 413 beyond `limit` bytes.
+
+    `request.content.read(n)` answers with what has arrived so far, not with n bytes: used alone it silently
+    truncates a body that arrives in several writes. Every route reads its body through here instead.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    data = bytearray()
+    try:
+        while chunk := await request.content.read(BODY_CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise _too_large(limit)
+    except (ValueError, ConnectionError, HttpProcessingError) as exc:
+        raise ApiError(400, "bad_request", "The request body could not be read", str(exc)[:300]) from exc
+    return bytes(data)
+
+
 async def read_json(request: web.Request, max_bytes: int, *, empty: Any = ...) -> Any:
     """The body as JSON; `empty` is returned for an empty body when given, else an empty body is an error."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError(413, "body_too_large", "The request body is too large", f"the limit is {max_bytes} bytes")
-    try:
-        raw = await request.content.read(max_bytes + 1)
-    except (ValueError, ConnectionError) as exc:
-        raise ApiError(400, "bad_request", "The request body could not be read", str(exc)) from exc
-    if len(raw) > max_bytes:
-        raise ApiError(413, "body_too_large", "The request body is too large", f"the limit is {max_bytes} bytes")
+    raw = await read_body(request, max_bytes)
     if not raw.strip():
         if empty is ...:
             raise ApiError(400, "invalid_json", "The request body is empty", "a JSON object is expected")
