@@ -6,6 +6,8 @@ collecting all of them at once spares the user one round trip per mistake.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,9 @@ _PYDANTIC_TO_COMFY = {
     "less_than": "value_bigger_than_max",
     "literal_error": "value_not_in_list",
 }
+# How many dependent outputs one node error lists: in a chain of n outputs the full lists hold n^2/2 ids, which
+# would make the answer to a small hostile request huge. The first ones (sorted) are listed, as ComfyUI would.
+MAX_DEPENDENT_OUTPUTS = 20
 
 
 def _error(kind: str, message: str, details: str = "", **extra_info: Any) -> dict[str, Any]:
@@ -63,7 +68,26 @@ class InvalidPrompt(Exception):
         self.validation = validation
 
 
-def _check_constant(spec: InputSpec, value: Any, env: Environment) -> tuple[Any, list[dict[str, Any]]]:
+ChoicesCache = dict[int, tuple[list[Any], set[Any]]]
+
+
+def _choices(spec: InputSpec, env: Environment, cache: ChoicesCache) -> tuple[list[Any], set[Any]]:
+    """A combo's choices, listed once per validation (a listing may scan a model folder; 10,000 nodes must not
+    scan it 10,000 times)."""
+    assert spec.choices_fn is not None
+    key = id(spec.choices_fn)
+    if key not in cache:
+        listed = list(spec.choices_fn(env))
+        try:
+            members = set(listed)
+        except TypeError:  # unhashable choices: membership falls back to the list
+            members = set()
+        cache[key] = (listed, members)
+    return cache[key]
+
+
+def _check_constant(spec: InputSpec, value: Any, env: Environment,
+                    cache: ChoicesCache | None = None) -> tuple[Any, list[dict[str, Any]]]:
     info = {"input_name": spec.name, "input_config": [spec.type, spec.options], "received_value": value}
     if spec.socket:
         return value, [
@@ -90,28 +114,154 @@ def _check_constant(spec: InputSpec, value: Any, env: Environment) -> tuple[Any,
             else f"{spec.name}, {value!r}, {err['msg']}"
         return value, [_error(kind, message, details, **info)]
     if spec.choices_fn is not None:
-        choices = spec.choices_fn(env)
-        if coerced not in choices:
+        choices, members = _choices(spec, env, {} if cache is None else cache)
+        try:
+            found = coerced in members if members else coerced in choices
+        except TypeError:
+            found = coerced in choices
+        if not found:
             shown = choices if len(choices) <= 20 else [*choices[:20], "..."]
             return value, [_error("value_not_in_list", "Value not in list", f"{spec.name}: {value!r} not in {shown}",
                                   **info)]
     return coerced, []
 
 
-def _graph_of(prompt: Prompt) -> nx.DiGraph:
-    graph = nx.DiGraph()
-    graph.add_nodes_from(node_id for node_id, _ in prompt.items())
-    for node_id, node in prompt.items():
-        for link in node.links().values():
-            if link.node in prompt:
-                graph.add_edge(link.node, node_id)
-    return graph
+@dataclass
+class _Graph:
+    """Who feeds whom, as plain adjacency lists: walking these is several times cheaper than networkx calls, and
+    validation runs on every request."""
+
+    parents: dict[str, list[str]]
+    children: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, prompt: Prompt) -> _Graph:
+        parents: dict[str, list[str]] = {node_id: [] for node_id, _ in prompt.items()}
+        children: dict[str, list[str]] = {node_id: [] for node_id in parents}
+        for node_id, node in prompt.items():
+            for source in dict.fromkeys(link.node for link in node.links().values()):
+                if source in parents:
+                    parents[node_id].append(source)
+                    children[source].append(node_id)
+        return cls(parents, children)
+
+    def ancestors_of_all(self, roots: list[str]) -> set[str]:
+        """Every node some root depends on, and the roots: one walk for all of them, linear in nodes + links."""
+        seen, stack = set(roots), list(roots)
+        while stack:
+            for parent in self.parents[stack.pop()]:
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return seen
+
+    def topological(self) -> tuple[list[str], set[str]]:
+        """Kahn's order of the acyclic part, and the nodes left over (on a cycle or downstream of one)."""
+        indegree = {node: len(parents) for node, parents in self.parents.items()}
+        order = [node for node, degree in indegree.items() if degree == 0]
+        for node in order:  # grows while it is walked
+            for child in self.children[node]:
+                indegree[child] -= 1
+                if indegree[child] == 0:
+                    order.append(child)
+        placed = set(order)
+        return order, {node for node in self.parents if node not in placed}
+
+    def as_networkx(self, nodes: set[str] | None = None) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        keep = self.parents.keys() if nodes is None else nodes
+        graph.add_nodes_from(keep)
+        graph.add_edges_from((p, n) for n in keep for p in self.parents[n] if p in keep)
+        return graph
+
+
+def _lowest_bits(value: int, limit: int) -> list[int]:
+    """Positions of the lowest `limit` set bits of `value`, ascending, without decoding all of a huge int."""
+    found: list[int] = []
+    base = 0
+    window = 4 * limit + 64
+    while value and len(found) < limit:
+        zeros = (value & -value).bit_length() - 1
+        value >>= zeros
+        base += zeros
+        digits = bin(value & ((1 << window) - 1))
+        end = len(digits)
+        while len(found) < limit:
+            end = digits.rfind("1", 2, end)
+            if end < 0:
+                break
+            found.append(base + len(digits) - 1 - end)
+        value >>= window
+        base += window
+    return found
+
+
+def _dependent_outputs(graph: _Graph, order: list[str], cyclic: set[str], output_ids: list[str],
+                       wanted: set[str]) -> dict[str, list[str]]:
+    """For each node in `wanted`, the sorted output nodes that depend on it (itself included), capped.
+
+    Reachability is computed once, in reverse topological order, with one bitset (a Python int) per node, instead
+    of one ancestor search per node and output: a chain of thousands of failing outputs costs milliseconds, not
+    hours. Nodes on cycles are merged into their strongly connected components first.
+    """
+    if not wanted or not output_ids:
+        return {n: [] for n in wanted}
+    ordered = sorted(output_ids)
+    bit = {o: 1 << i for i, o in enumerate(ordered)}
+    component: dict[str, Any] = {n: n for n in order}
+    groups: dict[Any, list[str]] = {n: [n] for n in order}
+    successors: Callable[[Any], Any] = lambda c: (component[child] for child in graph.children[c])  # noqa: E731
+    walk: list[Any] = list(order)
+    if cyclic:
+        condensed = nx.condensation(graph.as_networkx(cyclic))
+        for index in condensed.nodes:
+            members = sorted(condensed.nodes[index]["members"])
+            groups[("scc", index)] = members
+            for member in members:
+                component[member] = ("scc", index)
+        walk += [("scc", index) for index in nx.topological_sort(condensed)]
+
+        def successors(c: Any) -> Any:
+            return (component[child] for member in groups[c] for child in graph.children[member])
+
+    mask: dict[Any, int] = {}
+    for group in reversed(walk):
+        value = 0
+        for member in groups[group]:
+            value |= bit.get(member, 0)
+        for child in successors(group):
+            if child != group:
+                value |= mask[child]
+        mask[group] = value
+    return {node: [ordered[i] for i in _lowest_bits(mask[component[node]], MAX_DEPENDENT_OUTPUTS)]
+            for node in wanted}
+
+
+class ValidationTimeout(Exception):
+    """Validation ran past its time budget."""
 
 
 def validate(
-    data: Any, registry: Registry, env: Environment, outputs: list[str] | None = None
+    data: Any, registry: Registry, env: Environment, outputs: list[str] | None = None, *,
+    time_budget_s: float | None = None,
 ) -> Validation:
-    """Validates an API-format workflow; `outputs` narrows the run to those output nodes and their ancestors."""
+    """Validates an API-format workflow; `outputs` narrows the run to those output nodes and their ancestors.
+
+    The cost is near-linear in nodes + links. With `time_budget_s` a validation that runs longer (a node's own
+    check that is slow on thousands of nodes) stops and answers `validation_timeout` instead of holding the
+    server's validation thread.
+    """
+    try:
+        return _validate(data, registry, env, outputs, time_budget_s)
+    except ValidationTimeout:
+        return Validation(ok=False, error=_error(
+            "validation_timeout", "Validation took too long",
+            f"the workflow could not be validated within {time_budget_s} s; it is too large or too complex"))
+
+
+def _validate(data: Any, registry: Registry, env: Environment, outputs: list[str] | None,
+              time_budget_s: float | None) -> Validation:
+    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     try:
         prompt = parse_prompt(data)
     except PromptFormatError as exc:
@@ -119,6 +269,7 @@ def validate(
 
     node_errors: dict[str, list[dict[str, Any]]] = {}
     constants: dict[str, dict[str, Any]] = {}
+    choices: ChoicesCache = {}
 
     for node_id, node in prompt.items():
         if node.class_type not in registry:
@@ -127,18 +278,20 @@ def validate(
                 f"node {node_id} uses class_type {node.class_type!r}; is the node package installed?",
             )]
 
-    graph = _graph_of(prompt)
+    graph = _Graph.of(prompt)
     known = [n for n, node in prompt.items() if node.class_type in registry]
     output_ids = [n for n in known if registry.get(prompt[n].class_type).OUTPUT_NODE]
     if outputs is not None:
         missing = [o for o in outputs if o not in prompt]
         if missing:
             return Validation(ok=False, error=_error("invalid_prompt", "Invalid prompt",
-                                                     f"requested outputs not in the workflow: {missing}"))
-        output_ids = [o for o in outputs if o in known]
-    needed = set(output_ids).union(*(nx.ancestors(graph, o) for o in output_ids)) if output_ids else set()
+                                                     f"requested outputs not in the workflow: {missing}"[:2000]))
+        output_ids = [o for o in dict.fromkeys(outputs) if o in known]
+    needed = graph.ancestors_of_all(output_ids)
 
+    checked: Callable[[], None] = (lambda: None) if deadline is None else (lambda: _check_deadline(deadline))
     for node_id in sorted(needed):
+        checked()
         node = prompt[node_id]
         cls = registry.get(node.class_type)
         if cls is None:
@@ -161,9 +314,10 @@ def validate(
             if link is None:
                 if isinstance(raw, list) and inp.socket:
                     errs.append(_error("bad_linked_input", "Bad linked input, must be a length-2 list of "
-                                       "[node_id, slot_index]", f"{name}: {raw!r}", received_value=raw, **info))
+                                       "[node_id, slot_index]", f"{name}: {raw!r}"[:500], received_value=raw,
+                                       **info))
                     continue
-                coerced, problems = _check_constant(inp, unwrap_constant(raw), env)
+                coerced, problems = _check_constant(inp, unwrap_constant(raw), env, choices)
                 errs.extend(problems)
                 values[name] = coerced
                 continue
@@ -195,19 +349,24 @@ def validate(
         if errs:
             node_errors.setdefault(node_id, []).extend(errs)
 
-    needed_graph = graph.subgraph(needed)
-    if not nx.is_directed_acyclic_graph(needed_graph):
-        for cycle_nodes in nx.strongly_connected_components(needed_graph):
-            if len(cycle_nodes) > 1 or any(graph.has_edge(n, n) for n in cycle_nodes):
-                for node_id in sorted(cycle_nodes):
+    order, cyclic = graph.topological()
+    if cyclic & needed:
+        cyclic_graph = graph.as_networkx(cyclic & needed)
+        for cycle_nodes in nx.strongly_connected_components(cyclic_graph):
+            if len(cycle_nodes) > 1 or any(cyclic_graph.has_edge(n, n) for n in cycle_nodes):
+                shown = sorted(cycle_nodes)
+                listed = str(shown[:20])[:-1] + (", ...]" if len(shown) > 20 else "]")
+                for node_id in shown:
                     node_errors.setdefault(node_id, []).append(_error(
                         "dependency_cycle", "Dependency cycle detected",
-                        f"node {node_id} depends on itself through nodes {sorted(cycle_nodes)}"))
+                        f"node {node_id} depends on itself through nodes {listed}"))
+    checked()
 
+    dependents = _dependent_outputs(graph, order, cyclic, output_ids, set(node_errors))
     shaped = {
         node_id: {
             "errors": errs,
-            "dependent_outputs": sorted(o for o in output_ids if o == node_id or node_id in nx.ancestors(graph, o)),
+            "dependent_outputs": dependents[node_id],
             "class_type": prompt[node_id].class_type,
         }
         for node_id, errs in sorted(node_errors.items())
@@ -222,6 +381,11 @@ def validate(
                                                  f"{len(shaped)} node(s) have errors"),
                           node_errors=shaped, outputs=output_ids, prompt=prompt)
     return Validation(ok=True, outputs=output_ids, nodes=sorted(needed), prompt=prompt, constants=constants)
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise ValidationTimeout
 
 
 def _types_match(received: str, expected: str) -> bool:
