@@ -18,8 +18,13 @@ log = logging.getLogger(__name__)
 
 BUILTIN_MODULES = [
     "latentgraph.nodes.image",
+    "latentgraph.nodes.image_edit",
+    "latentgraph.nodes.mask_nodes",
+    "latentgraph.nodes.latent_ops",
+    "latentgraph.nodes.workflow_io",
     "latentgraph.nodes.sd.loader_nodes",
     "latentgraph.nodes.sd.text_nodes",
+    "latentgraph.nodes.sd.conditioning_nodes",
     "latentgraph.nodes.sd.sampler_nodes",
     "latentgraph.nodes.sd.latent_nodes",
     "latentgraph.nodes.sd.vae_nodes",
