@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 COMMAND_MODULES = [
     "latentgraph.cli.run",
+    "latentgraph.cli.workflows",
     "latentgraph.cli.check",
     "latentgraph.cli.nodes",
     "latentgraph.cli.serve",

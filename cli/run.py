@@ -16,9 +16,9 @@ from latentgraph.cli.common import (
     add_base_dir_argument,
     add_threads_argument,
     apply_threads,
-    load_workflow_file,
     make_executor,
 )
+from latentgraph.cli.workflows import InvalidInputs, WorkflowHelp, add_workflows_dir_argument, load_for_run
 from latentgraph.engine.validate import InvalidPrompt
 from latentgraph.server.uiformat import api_to_ui
 from tqdm import tqdm
@@ -29,9 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="run a workflow and print the files it wrote",
         description="Run a workflow headless. Exit code 0: success; 1: the run failed; 2: the workflow is invalid "
                     "(every fault is printed, nothing runs).",
+        add_help=False,
     )
+    parser.add_argument("-h", "--help", action=WorkflowHelp)
     parser.add_argument("workflow", type=Path,
-                        help="workflow file: API or editor JSON, or a PNG that carries a workflow")
+                        help="workflow file (API or editor JSON, or a PNG that carries a workflow), or the NAME of a "
+                             "library workflow (see 'latentgraph workflows'), optionally pinned as NAME@VERSION")
+    parser.add_argument(
+        "--input", dest="inputs", action="append", default=[], metavar="NAME=VALUE",
+        help="set a declared input of the workflow by name (e.g. --input seed=7 --input 'prompt=a red circle'); "
+             "'latentgraph run WORKFLOW --help' lists them; repeatable",
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
         help="override an input before running; NODE is a node id or title, VALUE is JSON or plain text "
@@ -40,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_base_dir_argument(parser)
     add_threads_argument(parser)
+    add_workflows_dir_argument(parser)
     parser.set_defaults(func=run_command)
 
 
@@ -105,13 +114,14 @@ def run_command(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     executor = make_executor(args.base_dir)
     try:
-        prompt, graph = load_workflow_file(args.workflow, executor)
-        for override in args.overrides:
-            apply_override(prompt, override)
-    except (WorkflowFileError, ValueError) as exc:
+        prompt, graph, outputs = load_for_run(args, executor, apply_override)
+    except InvalidInputs as exc:
+        print(f"error: the workflow's inputs are invalid, nothing was run\n{exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except (WorkflowFileError, ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    validation = executor.validate(prompt)
+    validation = executor.validate(prompt, outputs)
     if not validation.ok:
         print(f"error: the workflow is invalid, nothing was run\n{validation.summary()}", file=sys.stderr)
         return EXIT_INVALID
@@ -120,7 +130,7 @@ def run_command(args: argparse.Namespace) -> int:
     if graph is None or args.overrides:
         graph = api_to_ui(prompt, executor.registry.object_info(executor.env))
     try:
-        result = executor.run(prompt, sink=bars, extra_data={"extra_pnginfo": {"workflow": graph}})
+        result = executor.run(prompt, outputs=outputs, sink=bars, extra_data={"extra_pnginfo": {"workflow": graph}})
     except InvalidPrompt as exc:
         print(f"error: the workflow is invalid, nothing was run\n{exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -367,9 +367,12 @@ def prepare(prompt: dict[str, Any], interface: Interface, values: dict[str, Any]
                 rest.append(err)
                 continue
             extra = {**err.get("extra_info", {}), "input_name": name, "node_id": node_id, "node_input": node_input}
+            details = str(err.get("details", ""))
+            if node_input and details.startswith(node_input):
+                details = name + details[len(node_input):]
             errors = input_errors.setdefault(name, [])
             if not any(e["type"] == err["type"] and e["message"] == err["message"] for e in errors):
-                errors.append({**err, "extra_info": extra})
+                errors.append({**err, "details": details, "extra_info": extra})
         if rest:
             node_errors[node_id] = {**entry, "errors": rest}
     return Prepared(bound, validation, input_errors, node_errors)
@@ -384,6 +387,23 @@ def parse_text_value(inp: WorkflowInputSpec, text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def describe(version: WorkflowVersion, interface: Interface | None, error: str | None = None,
+             versions: Sequence[WorkflowVersion] = ()) -> dict[str, Any]:
+    """The JSON description of a library workflow that `GET /api/workflows` and `latentgraph workflows --json`
+    give: name, exact and human version, description, JSON Schemas of inputs and outputs, recorded versions."""
+    entry: dict[str, Any] = {"name": version.name, "version": version.version, "hash": version.hash,
+                             "label": version.label, "description": version.description}
+    if interface is not None:
+        entry["inputs"] = interface.input_schema()
+        entry["outputs"] = interface.output_schema()
+    if error is not None:
+        entry["error"] = error
+    if versions:
+        entry["versions"] = [{"version": v.version, "label": v.label, "recorded_at": v.recorded_at}
+                             for v in versions]
+    return entry
 
 
 # -- the library ---------------------------------------------------------------------------------------------------
@@ -542,5 +562,5 @@ class Library:
 
 __all__ = [
     "Interface", "InterfaceError", "Library", "Prepared", "Target", "WorkflowInputSpec", "WorkflowNotFound",
-    "WorkflowOutputSpec", "WorkflowVersion", "bind", "content_hash", "extract_interface", "prepare",
+    "WorkflowOutputSpec", "WorkflowVersion", "bind", "content_hash", "describe", "extract_interface", "prepare",
 ]
