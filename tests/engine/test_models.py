@@ -95,6 +95,7 @@ def test_device_and_dtype_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert execution_device() == torch.device("cpu")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_vram_budget_offloads_to_ram() -> None:
     manager = ModelManager(device=torch.device("cuda"), ram_budget=10 * SIZE, vram_budget=SIZE)

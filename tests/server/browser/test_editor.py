@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.server.browser.conftest import keep_screenshot
+
+pytestmark = pytest.mark.browser
 
 RUN_TIMEOUT_MS = 240_000
 SAVE_NODE, CHECKPOINT_NODE, POSITIVE_NODE = "9", "4", "6"
