@@ -5,6 +5,7 @@ Errors use the shape of ComfyUI's prompt errors, `{"error": {"type", "message", 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH = 64
 BODY_CHUNK = 64 * 1024
+# Bodies and answers larger than this are parsed or encoded in a thread: a few MB of JSON takes tens of
+# milliseconds, which every other client would otherwise wait for.
+OFF_LOOP_BYTES = 64 * 1024
 
 
 class ApiError(web.HTTPException):
@@ -87,7 +91,16 @@ async def read_json(request: web.Request, max_bytes: int, *, empty: Any = ...) -
         if empty is ...:
             raise ApiError(400, "invalid_json", "The request body is empty", "a JSON object is expected")
         return empty
+    if len(raw) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parse_json, raw)
     return parse_json(raw)
+
+
+async def json_answer(data: Any, status: int = 200) -> web.Response:
+    """`web.json_response` for answers that may be large (history, validation errors), encoded in a thread
+    instead of on the event loop."""
+    body = await asyncio.to_thread(lambda: json.dumps(data).encode())
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def read_object(request: web.Request, max_bytes: int, *, allow_empty: bool = False) -> dict[str, Any]:

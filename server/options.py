@@ -35,6 +35,11 @@ class ServerOptions:
     history_limit: int = 10000
     max_upload_bytes: int = 100 * 1024 * 1024
     max_json_bytes: int = 32 * 1024 * 1024
+    # A /prompt body, and the nodes its workflow may have (after subgraphs are expanded): every request's cost
+    # stays bounded (validation is near-linear, so 10,000 nodes validate in well under a second).
+    max_prompt_bytes: int = 8 * 1024 * 1024
+    max_prompt_nodes: int = 10_000
+    validation_budget_s: float = 10.0
     allowed_origins: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
     preview_interval_s: float = 0.1
@@ -49,6 +54,8 @@ class ServerOptions:
             self.token = os.environ.get(TOKEN_ENV) or None
         if self.history_limit < 1:
             raise ValueError("history_limit must be at least 1")
+        if self.max_prompt_nodes < 1 or self.max_prompt_bytes < 1:
+            raise ValueError("max_prompt_nodes and max_prompt_bytes must be at least 1")
 
     @property
     def database_path(self) -> Path:

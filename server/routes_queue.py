@@ -9,7 +9,8 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-from latentgraph.server.jsonio import ApiError, id_list, query_int, read_object
+from latentgraph.engine.validate import validate
+from latentgraph.server.jsonio import ApiError, id_list, json_answer, query_int, read_object
 from latentgraph.server.queue import JOB_STATUSES, DuplicatePromptId, now_ms
 from latentgraph.server.state import get_state
 from latentgraph.server.uiformat import ConversionError, is_ui_format, ui_to_api
@@ -34,9 +35,10 @@ async def accept_ui_workflow(body: dict[str, Any], request: web.Request) -> dict
     prompt = body.get("prompt")
     if not is_ui_format(prompt):
         return body
-    object_info = await asyncio.to_thread(get_state(request).object_info)
+    state = get_state(request)
+    object_info = await asyncio.to_thread(state.object_info)
     try:
-        converted = await asyncio.to_thread(ui_to_api, prompt, object_info)
+        converted = await asyncio.to_thread(ui_to_api, prompt, object_info, max_nodes=state.options.max_prompt_nodes)
     except ConversionError as exc:
         node_errors = {} if exc.node_id is None else {exc.node_id: {
             "errors": [{"type": "invalid_workflow", "message": "Cannot convert the editor workflow",
@@ -53,10 +55,14 @@ async def accept_ui_workflow(body: dict[str, Any], request: web.Request) -> dict
 @routes.post("/prompt")
 async def post_prompt(request: web.Request) -> web.Response:
     state = get_state(request)
-    body = await accept_ui_workflow(await read_object(request, state.options.max_json_bytes), request)
+    body = await accept_ui_workflow(await read_object(request, state.options.max_prompt_bytes), request)
     prompt = body.get("prompt")
     if not isinstance(prompt, dict):
         raise _prompt_error("No prompt provided", "the body needs a 'prompt' object: the workflow in API format")
+    if len(prompt) > state.options.max_prompt_nodes:
+        raise ApiError(413, "too_many_nodes", "The workflow has too many nodes",
+                       f"it has {len(prompt)} nodes; this server accepts at most {state.options.max_prompt_nodes}",
+                       node_errors={})
     client_id = body.get("client_id")
     if client_id is not None and not isinstance(client_id, str):
         raise _prompt_error("Invalid client_id", "client_id must be a string")
@@ -79,19 +85,22 @@ async def post_prompt(request: web.Request) -> web.Response:
     if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
         raise _prompt_error("Invalid partial_execution_targets", "partial_execution_targets must be a list of node ids")
 
+    executor = state.executor
     try:
-        validation = await asyncio.to_thread(state.executor.validate, prompt, targets or None)
+        validation = await asyncio.to_thread(validate, prompt, executor.registry, executor.env, targets or None,
+                                             time_budget_s=state.options.validation_budget_s)
     except Exception as exc:  # a node's own check raised: report it as the prompt's fault, never as a 500
         log.info("validation raised for a queued prompt: %r", exc)
         raise _prompt_error("Invalid prompt", f"validation failed: {type(exc).__name__}: {exc}"[:1000]) from exc
     if not validation.ok:
-        return web.json_response(validation.as_response(), status=400)
+        return await json_answer(validation.as_response(), status=400)
 
     extra_data = {**extra_data, "create_time": now_ms()}
     if client_id:
         extra_data["client_id"] = client_id
     try:
-        item = state.queue.add(prompt_id, prompt, extra_data, list(validation.outputs), front=front, number=number)
+        item = await asyncio.to_thread(state.queue.add, prompt_id, prompt, extra_data, list(validation.outputs),
+                                       front=front, number=number)
     except DuplicatePromptId as exc:
         raise _prompt_error("Duplicate prompt_id", f"a prompt with id {prompt_id!r} is already queued or in "
                             "history", kind="duplicate_prompt_id") from exc

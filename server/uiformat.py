@@ -20,6 +20,9 @@ UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload")
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 MODE_MUTED, MODE_BYPASSED = 2, 4
 SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE = -10, -20
+MAX_SUBGRAPH_DEPTH = 32
+DEFAULT_MAX_NODES = 100_000  # expanded nodes; the server passes its own, smaller limit
+MAX_HOPS = 10_000  # reroutes, bypassed nodes and subgraph borders one link may pass through
 
 
 class ConversionError(ValueError):
@@ -206,33 +209,116 @@ class _Const:
     value: Any
 
 
+def _link_id(value: Any, where: str = "") -> int:
+    """A link id as the editor writes it (an integer, maybe as a string); anything else is a ConversionError."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConversionError(f"link id {str(value)[:60]!r}{where} is not a number")
+    try:
+        return int(value)
+    except (ValueError, OverflowError) as exc:
+        raise ConversionError(f"link id {str(value)[:60]!r}{where} is not a number") from exc
+
+
 def _parse_links(raw_links: Any) -> dict[int, _Link]:
     links: dict[int, _Link] = {}
+    if raw_links is not None and not isinstance(raw_links, list):
+        raise ConversionError(f"'links' must be a list, not {type(raw_links).__name__}")
     for raw in raw_links or []:
         if isinstance(raw, dict):
+            missing = [k for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot") if k not in raw]
+            if missing:
+                raise ConversionError(f"link {str(raw)[:120]} lacks {missing}")
             link = _Link(raw["origin_id"], raw["origin_slot"], raw["target_id"], raw["target_slot"], raw.get("type"))
-            links[int(raw["id"])] = link
+            links[_link_id(raw["id"])] = link
         elif isinstance(raw, (list, tuple)) and len(raw) >= 5:
-            links[int(raw[0])] = _Link(raw[1], raw[2], raw[3], raw[4], raw[5] if len(raw) > 5 else None)
+            links[_link_id(raw[0])] = _Link(raw[1], raw[2], raw[3], raw[4], raw[5] if len(raw) > 5 else None)
         elif raw is not None:
-            raise ConversionError(f"link {raw!r} is neither [id, origin, slot, target, slot, type] nor an object")
+            raise ConversionError(f"link {str(raw)[:120]} is neither [id, origin, slot, target, slot, type] nor an "
+                                  "object")
+    for link in links.values():
+        if not isinstance(link.origin_slot, int) or isinstance(link.origin_slot, bool):
+            raise ConversionError(f"link from node {str(link.origin_id)[:40]} has a slot that is not an integer: "
+                                  f"{str(link.origin_slot)[:40]}")
     return links
+
+
+def _node_inputs(node: dict) -> list[dict]:
+    """A node's `inputs`: a list of objects, or a ConversionError naming the node."""
+    inputs = node.get("inputs") or []
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        raise ConversionError("'inputs' must be a list of objects", str(node.get("id")), str(node.get("type")))
+    return inputs
 
 
 def _node_map(nodes: Any) -> dict[int, dict]:
     result: dict[int, dict] = {}
+    if nodes is not None and not isinstance(nodes, list):
+        raise ConversionError(f"'nodes' must be a list, not {type(nodes).__name__}")
     for node in nodes or []:
         if not isinstance(node, dict) or "id" not in node or "type" not in node:
             raise ConversionError(f"a node entry lacks 'id' or 'type': {str(node)[:120]}")
-        result[node["id"]] = node
+        try:
+            result[node["id"]] = node
+        except TypeError as exc:  # an unhashable id (a list or an object)
+            raise ConversionError(f"a node id must be a number or a string: {str(node['id'])[:60]}") from exc
+        _node_inputs(node)
     return result
 
 
+def _expanded_size(workflow: dict, subgraphs: dict[str, dict], max_nodes: int) -> None:
+    """Refuses a workflow whose subgraphs would expand past `max_nodes` nodes or MAX_SUBGRAPH_DEPTH levels.
+
+    Counted from the definitions before anything is expanded (a 3 KB workflow whose subgraphs each hold 8 copies
+    of the next expands 8^depth-fold): each definition's expanded size and depth is computed once, bottom up.
+    """
+    size: dict[str, int] = {}
+    depth: dict[str, int] = {}
+    on_path: set[str] = set()
+
+    def children(nodes: Any) -> list[str]:
+        return [str(n["type"]) for n in nodes or [] if isinstance(n, dict) and str(n.get("type")) in subgraphs]
+
+    for start in subgraphs:
+        if start in size:
+            continue
+        stack: list[tuple[str, bool]] = [(start, False)]
+        while stack:
+            name, done = stack.pop()
+            if done:
+                on_path.discard(name)
+                nodes = subgraphs[name].get("nodes") or []
+                inner = children(nodes)
+                total = len(nodes) - len(inner) + sum(size[c] for c in inner)
+                size[name] = min(total, max_nodes + 1)
+                depth[name] = 1 + max((depth[c] for c in inner), default=0)
+                continue
+            if name in size:
+                continue
+            if name in on_path:
+                raise ConversionError(f"subgraph {name[:60]} contains itself")
+            on_path.add(name)
+            stack.append((name, True))
+            stack.extend((c, False) for c in children(subgraphs[name].get("nodes")) if c not in size)
+    top = workflow.get("nodes") or []
+    inner = children(top)
+    total = len(top) - len(inner) + sum(size[c] for c in inner)
+    deepest = max((depth[c] for c in inner), default=0)
+    if deepest > MAX_SUBGRAPH_DEPTH:
+        raise ConversionError(f"subgraphs nest {deepest} levels deep; at most {MAX_SUBGRAPH_DEPTH} are accepted")
+    if total > max_nodes:
+        raise ConversionError(f"the workflow expands to more than {max_nodes} nodes once its subgraphs are "
+                              "expanded; this server accepts at most that many")
+
+
 class _Converter:
-    def __init__(self, workflow: dict, object_info: dict) -> None:
+    def __init__(self, workflow: dict, object_info: dict, max_nodes: int = DEFAULT_MAX_NODES) -> None:
         self.object_info = object_info
-        definitions = (workflow.get("definitions") or {}).get("subgraphs") or []
+        definitions = workflow.get("definitions") or {}
+        definitions = definitions.get("subgraphs") or [] if isinstance(definitions, dict) else []
+        if not isinstance(definitions, list):
+            raise ConversionError("'definitions.subgraphs' must be a list")
         self.subgraphs: dict[str, dict] = {str(d["id"]): d for d in definitions if isinstance(d, dict) and "id" in d}
+        _expanded_size(workflow, self.subgraphs, max_nodes)
         self.root = _Scope("", _node_map(workflow["nodes"]), _parse_links(workflow.get("links")))
         self.prompt: dict[str, dict] = {}
 
@@ -244,8 +330,8 @@ class _Converter:
 
     def _child(self, scope: _Scope, node: dict, depth: int) -> _Scope:
         if node["id"] not in scope.children:
-            if depth > 32:
-                raise ConversionError("subgraphs nest more than 32 levels deep (a subgraph contains itself?)",
+            if depth > MAX_SUBGRAPH_DEPTH:
+                raise ConversionError(f"subgraphs nest more than {MAX_SUBGRAPH_DEPTH} levels deep",
                                       scope.full_id(node["id"]), node["type"])
             definition = self.subgraphs[str(node["type"])]
             scope.children[node["id"]] = _Scope(
@@ -275,13 +361,13 @@ class _Converter:
     @staticmethod
     def _is_frontend_only(node: dict) -> bool:
         """Nodes the editor never sends (no outputs and no inputs that are linked), like labels and notes."""
-        return not node.get("outputs") and not any(i.get("link") is not None for i in node.get("inputs") or [])
+        return not node.get("outputs") and not any(i.get("link") is not None for i in _node_inputs(node))
 
     def _emit_node(self, scope: _Scope, node: dict, depth: int) -> dict:
         node_id, node_type = scope.full_id(node["id"]), str(node["type"])
         info = self.object_info[node_type]
         specs = _input_specs(info)
-        ui_inputs = node.get("inputs") or []
+        ui_inputs = _node_inputs(node)
         linked = frozenset(i["name"] for i in ui_inputs if i.get("link") is not None and "name" in i)
         inputs: dict[str, Any] = {}
         for name, value in widgets_to_inputs(node, info, linked, node_id).items():
@@ -308,72 +394,79 @@ class _Converter:
 
     # ---- link resolution
 
-    def _follow_link(self, scope: _Scope, link_id: int, want: Any, depth: int, node_id: str, node_type: str) -> Any:
-        link = scope.links.get(int(link_id))
+    def _follow_link(self, scope: _Scope, link_id: Any, want: Any, depth: int, node_id: str, node_type: str) -> Any:
+        link = scope.links.get(_link_id(link_id, f" (an input of node {node_id})"))
         if link is None:
             raise ConversionError(f"input refers to link {link_id}, which the workflow does not have",
                                   node_id, node_type)
-        return self._source(scope, link.origin_id, link.origin_slot, want, depth, node_id, node_type, hops=0)
+        return self._source(scope, link.origin_id, link.origin_slot, want, depth, node_id, node_type)
 
-    def _source(self, scope: _Scope, origin_id: int, origin_slot: int, want: Any, depth: int,
-                node_id: str, node_type: str, hops: int) -> Any:
-        """What feeds an input: `[id, slot]`, a `_Const`, `MUTED`, or None (nothing; the widget value stays)."""
-        if hops > 1000:
-            raise ConversionError("a loop of reroutes or bypassed nodes feeds this node", node_id, node_type)
-        if origin_id == SUBGRAPH_INPUT_NODE and scope.instance is not None and scope.parent is not None:
-            return self._from_instance_input(scope, origin_slot, want, depth, node_id, node_type, hops)
-        origin = scope.nodes.get(origin_id)
-        if origin is None:
-            raise ConversionError(f"a link comes from node {origin_id}, which the workflow does not have",
-                                  node_id, node_type)
-        origin_type = str(origin["type"])
-        mode = origin.get("mode", 0)
-        if mode == MODE_MUTED:
-            return MUTED
-        if origin_type == "PrimitiveNode":
-            values = origin.get("widgets_values") or []
-            if not values:
-                raise ConversionError("primitive node has no value", scope.full_id(origin_id), origin_type)
-            return _Const(values[0])
-        if origin_type == "Reroute" or mode == MODE_BYPASSED:
-            slot_index = 0 if origin_type == "Reroute" else self._bypass_input(origin, origin_slot, want)
-            if slot_index is None:
-                return None
-            link_id = origin["inputs"][slot_index].get("link")
-            if link_id is None:
-                return None
-            link = scope.links.get(int(link_id))
-            if link is None:
-                raise ConversionError(f"input refers to link {link_id}, which the workflow does not have",
-                                      scope.full_id(origin_id), origin_type)
-            return self._source(scope, link.origin_id, link.origin_slot, want, depth, node_id, node_type, hops + 1)
-        if origin_type in self.subgraphs:
-            inner = self._child(scope, origin, depth + 1)
-            for link in inner.links.values():
-                if link.target_id == SUBGRAPH_OUTPUT_NODE and link.target_slot == origin_slot:
-                    return self._source(inner, link.origin_id, link.origin_slot, want, depth + 1,
-                                        node_id, node_type, hops + 1)
-            return None
-        return [scope.full_id(origin_id), int(origin_slot)]
+    def _source(self, scope: _Scope, origin_id: Any, origin_slot: int, want: Any, depth: int,
+                node_id: str, node_type: str) -> Any:
+        """What feeds an input: `[id, slot]`, a `_Const`, `MUTED`, or None (nothing; the widget value stays).
 
-    def _from_instance_input(self, scope: _Scope, slot: int, want: Any, depth: int,
-                             node_id: str, node_type: str, hops: int) -> Any:
-        instance, parent = scope.instance, scope.parent
-        assert instance is not None and parent is not None
-        inputs = instance.get("inputs") or []
-        if slot < len(inputs) and inputs[slot].get("link") is not None:
-            link = parent.links.get(int(inputs[slot]["link"]))
-            if link is None:
-                raise ConversionError(f"input refers to link {inputs[slot]['link']}, which the workflow does not have",
-                                      parent.full_id(instance["id"]), str(instance["type"]))
-            return self._source(parent, link.origin_id, link.origin_slot, want, depth - 1, node_id, node_type, hops + 1)
-        value = self._instance_widget_value(instance, scope.definition or {}, slot)
-        return None if value is None else _Const(value)
+        A loop, not recursion: a chain of thousands of reroutes must end in an answer or a 400, never in
+        Python's recursion limit.
+        """
+        for _ in range(MAX_HOPS):
+            if origin_id == SUBGRAPH_INPUT_NODE and scope.instance is not None and scope.parent is not None:
+                instance, parent = scope.instance, scope.parent
+                inputs = _node_inputs(instance)
+                if 0 <= origin_slot < len(inputs) and inputs[origin_slot].get("link") is not None:
+                    link = parent.links.get(_link_id(inputs[origin_slot]["link"]))
+                    if link is None:
+                        raise ConversionError(f"input refers to link {inputs[origin_slot]['link']}, which the "
+                                              "workflow does not have", parent.full_id(instance["id"]),
+                                              str(instance["type"]))
+                    scope, origin_id, origin_slot, depth = parent, link.origin_id, link.origin_slot, depth - 1
+                    continue
+                value = self._instance_widget_value(instance, scope.definition or {}, origin_slot)
+                return None if value is None else _Const(value)
+            try:
+                origin = scope.nodes.get(origin_id)
+            except TypeError:  # an unhashable id
+                origin = None
+            if origin is None:
+                raise ConversionError(f"a link comes from node {str(origin_id)[:60]}, which the workflow does not "
+                                      "have", node_id, node_type)
+            origin_type = str(origin["type"])
+            mode = origin.get("mode", 0)
+            if mode == MODE_MUTED:
+                return MUTED
+            if origin_type == "PrimitiveNode":
+                values = origin.get("widgets_values") or []
+                if not values or not isinstance(values, list):
+                    raise ConversionError("primitive node has no value", scope.full_id(origin_id), origin_type)
+                return _Const(values[0])
+            if origin_type == "Reroute" or mode == MODE_BYPASSED:
+                slot_index = 0 if origin_type == "Reroute" else self._bypass_input(origin, origin_slot, want)
+                inputs = _node_inputs(origin)
+                if slot_index is None or slot_index >= len(inputs):
+                    return None
+                link_id = inputs[slot_index].get("link")
+                if link_id is None:
+                    return None
+                link = scope.links.get(_link_id(link_id))
+                if link is None:
+                    raise ConversionError(f"input refers to link {link_id}, which the workflow does not have",
+                                          scope.full_id(origin_id), origin_type)
+                origin_id, origin_slot = link.origin_id, link.origin_slot
+                continue
+            if origin_type in self.subgraphs:
+                inner = self._child(scope, origin, depth + 1)
+                found = next((link for link in inner.links.values()
+                              if link.target_id == SUBGRAPH_OUTPUT_NODE and link.target_slot == origin_slot), None)
+                if found is None:
+                    return None
+                scope, origin_id, origin_slot, depth = inner, found.origin_id, found.origin_slot, depth + 1
+                continue
+            return [scope.full_id(origin_id), int(origin_slot)]
+        raise ConversionError("a loop of reroutes or bypassed nodes feeds this node", node_id, node_type)
 
     @staticmethod
     def _instance_widget_value(instance: dict, definition: dict, slot: int) -> Any:
         """The value a subgraph instance shows in the widget of an unlinked subgraph input, if it has one."""
-        inputs = instance.get("inputs") or []
+        inputs = _node_inputs(instance)
         values = instance.get("widgets_values")
         if slot >= len(inputs) or not isinstance(values, list) or not inputs[slot].get("widget"):
             return None
@@ -383,7 +476,7 @@ class _Converter:
     @staticmethod
     def _bypass_input(node: dict, origin_slot: int, want: Any) -> int | None:
         """The input a bypassed node passes through: the same slot if its type fits, else the first that does."""
-        inputs = node.get("inputs") or []
+        inputs = _node_inputs(node)
         for index in [origin_slot, *range(len(inputs))]:
             if 0 <= index < len(inputs) and _same_type(inputs[index].get("type"), want):
                 return index
@@ -399,11 +492,21 @@ def _same_type(a: Any, b: Any) -> bool:
     return a is not None and b is not None and (a == b or a == "*" or b == "*")
 
 
-def ui_to_api(workflow: dict, object_info: dict) -> dict[str, dict]:
-    """The API prompt the editor would queue for this UI workflow. Raises ConversionError naming the node."""
+def ui_to_api(workflow: dict, object_info: dict, *, max_nodes: int = DEFAULT_MAX_NODES) -> dict[str, dict]:
+    """The API prompt the editor would queue for this UI workflow. Raises ConversionError naming the node.
+
+    A workflow that would expand past `max_nodes` nodes is refused before anything is expanded. Whatever else is
+    malformed in the document (a wrong type where the editor writes an object or a number) is a ConversionError
+    too, never another exception: the server answers it 400.
+    """
     if not is_ui_format(workflow):
         raise ConversionError("not an editor (UI format) workflow: expected an object with 'nodes' and 'links'")
-    return _Converter(workflow, object_info).convert()
+    try:
+        return _Converter(workflow, object_info, max_nodes).convert()
+    except ConversionError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+        raise ConversionError(f"the editor workflow is malformed: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
 
 # ---------------------------------------------------------------- API -> UI

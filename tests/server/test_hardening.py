@@ -10,12 +10,20 @@ import json
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
+import networkx as nx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from latentgraph.engine.context import Environment
+from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, validate
+from latentgraph.server.uiformat import ConversionError, ui_to_api
 
-from tests.server.helpers import ThreadedServer, image_prompt, options_for
+from tests.server.helpers import ThreadedServer, image_prompt, make_registry, options_for
 
 LIMIT = 64 * 1024
+DATA = Path(__file__).parent / "data"
 UPLOAD_LIMIT = 96 * 1024
 
 
@@ -63,6 +71,11 @@ def _dechunk(data: bytes) -> bytes:
             break
         out, data = out + data[:size], data[size + 2:]
     return out
+
+
+@pytest.fixture(scope="module")
+def object_info() -> dict[str, Any]:
+    return json.loads((DATA / "object_info.json").read_text())
 
 
 @pytest.fixture
@@ -165,3 +178,167 @@ def test_upload_in_several_writes_is_stored_whole_and_just_over_the_limit_is_413
         status, answer = http(server.url, "POST", "/upload/image", body, parts=4, chunked=chunked, headers=headers)
         assert status == 413, answer
     assert not (base_dir / "input" / "over.png").exists()
+
+
+# ---------------------------------------------------------------- 2. validation near-linear, node and body caps
+
+
+def _failing_chain(n: int) -> dict[str, Any]:
+    """n PreviewImage nodes, each linked to output 0 of the one before (they have no outputs): n failing outputs."""
+    return {str(i): {"class_type": "PreviewImage", "inputs": {"images": [str(i - 1), 0]}} for i in range(1, n + 1)}
+
+
+def test_validation_of_a_chain_of_failing_outputs_is_near_linear() -> None:
+    """400 chained bad links took ~20 s before (cubic); now 2,000 take well under a second."""
+    registry = make_registry(full=False)
+    env = Environment(Path("."))
+    for n in (400, 2000):
+        start = time.process_time()
+        result = validate(_failing_chain(n), registry, env)
+        elapsed = time.process_time() - start
+        assert not result.ok and len(result.node_errors) == n
+        assert elapsed < 1.0, (n, elapsed)
+    # node 1995 feeds outputs 1995..2000; the list is sorted and capped
+    assert result.node_errors["1995"]["dependent_outputs"] == sorted(str(i) for i in range(1995, 2001))
+    assert len(result.node_errors["1"]["dependent_outputs"]) == MAX_DEPENDENT_OUTPUTS
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 14).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.tuples(st.integers(1, n), st.integers(1, n)), max_size=2 * n),
+    st.lists(st.booleans(), min_size=n, max_size=n))))
+def test_dependent_outputs_match_networkx_on_random_graphs_with_cycles(case: Any) -> None:
+    """Against an independent reference: an output depends on a node when the node is among its ancestors."""
+    n, edges, is_output = case
+    prompt: dict[str, Any] = {}
+    for i in range(1, n + 1):
+        parents = [a for a, b in edges if b == i]
+        cls = "PreviewImage" if is_output[i - 1] else "ImageScale"
+        inputs: dict[str, Any] = {f"x{k}": [str(p), 0] for k, p in enumerate(parents)}
+        inputs["image" if cls == "ImageScale" else "images"] = "not a link"
+        prompt[str(i)] = {"class_type": cls, "inputs": inputs}
+    result = validate(prompt, make_registry(full=False), Environment(Path(".")))
+    graph = nx.DiGraph()
+    graph.add_nodes_from(prompt)
+    graph.add_edges_from((str(a), str(b)) for a, b in edges)
+    outputs = sorted(o for o in prompt if prompt[o]["class_type"] == "PreviewImage")
+    for node_id, entry in result.node_errors.items():
+        expected = sorted(o for o in outputs if o == node_id or node_id in nx.ancestors(graph, o))
+        assert entry["dependent_outputs"] == expected[:MAX_DEPENDENT_OUTPUTS], node_id
+    cyclic = {n for c in nx.strongly_connected_components(graph) if len(c) > 1 for n in c}
+    cyclic |= {a for a, b in graph.edges if a == b}
+    needed = set(outputs).union(*(nx.ancestors(graph, o) for o in outputs)) if outputs else set()
+    flagged = {n for n, e in result.node_errors.items() if any(x["type"] == "dependency_cycle" for x in e["errors"])}
+    assert flagged == cyclic & needed
+
+
+def test_validation_stops_at_its_time_budget() -> None:
+    result = validate(_failing_chain(50), make_registry(full=False), Environment(Path(".")), time_budget_s=0.0)
+    assert not result.ok and result.error["type"] == "validation_timeout"
+
+
+def test_prompt_node_count_and_body_size_are_capped(base_dir: Path) -> None:
+    with ThreadedServer(options_for(base_dir, full=False, max_prompt_nodes=100, max_prompt_bytes=20_000)) as srv:
+        status, answer = http(srv.url, "POST", "/prompt", json.dumps({"prompt": _failing_chain(101)}).encode())
+        assert status == 413 and json.loads(answer)["error"]["type"] == "too_many_nodes", answer
+        status, answer = http(srv.url, "POST", "/prompt", json.dumps({"prompt": _failing_chain(100)}).encode())
+        assert status == 400 and len(json.loads(answer)["node_errors"]) == 100, answer
+        big = json.dumps({"prompt": image_prompt(), "extra_data": {"pad": "p" * 20_000}}).encode()
+        status, answer = http(srv.url, "POST", "/prompt", big, chunked=True, parts=3)
+        assert status == 413, answer
+
+
+# ---------------------------------------------------------------- 4. subgraph expansion counted before expanding
+
+
+def _nested_subgraphs(levels: int, copies: int) -> dict[str, Any]:
+    """An editor workflow whose subgraph k holds `copies` instances of subgraph k+1; the last holds a SaveImage."""
+    definitions = []
+    for level in range(levels):
+        if level == levels - 1:
+            nodes = [{"id": 1, "type": "PreviewImage", "inputs": [], "outputs": [], "widgets_values": []}]
+        else:
+            nodes = [{"id": i + 1, "type": f"sg{level + 1}", "inputs": [], "outputs": []} for i in range(copies)]
+        definitions.append({"id": f"sg{level}", "nodes": nodes, "links": []})
+    return {"nodes": [{"id": 1, "type": "sg0", "inputs": [], "outputs": []}], "links": [],
+            "definitions": {"subgraphs": definitions}, "version": 0.4}
+
+
+def test_subgraph_expansion_is_refused_before_expanding(object_info: dict[str, Any]) -> None:
+    workflow = _nested_subgraphs(9, 8)  # 8^8 = 16.7 M nodes from a few KB
+    assert len(json.dumps(workflow)) < 5000
+    start = time.process_time()
+    with pytest.raises(ConversionError, match="expands to more than 100000 nodes"):
+        ui_to_api(workflow, object_info)
+    assert time.process_time() - start < 0.5
+    assert len(ui_to_api(_nested_subgraphs(4, 8), object_info)) == 8**3
+    with pytest.raises(ConversionError, match="more than 500 nodes"):
+        ui_to_api(_nested_subgraphs(4, 8), object_info, max_nodes=500)
+    with pytest.raises(ConversionError, match="40 levels deep"):
+        ui_to_api(_nested_subgraphs(40, 1), object_info)
+    looped = _nested_subgraphs(3, 2)
+    looped["definitions"]["subgraphs"][2]["nodes"].append({"id": 9, "type": "sg0", "inputs": [], "outputs": []})
+    with pytest.raises(ConversionError, match="contains itself"):
+        ui_to_api(looped, object_info)
+
+
+# ---------------------------------------------------------------- 8. what answered 500 answers 4xx
+
+
+def _reroute_chain(n: int, loop: bool = False) -> dict[str, Any]:
+    """LoadImage -> n Reroutes -> PreviewImage (with `loop`, the first reroute is fed by the last instead)."""
+    nodes = [{"id": 1, "type": "LoadImage", "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE"}],
+              "widgets_values": ["photo.png", "image"]}]
+    links = []
+    for i in range(n):
+        source = 1 if i == 0 else 100 + i - 1
+        links.append([1000 + i, source, 0, 100 + i, 0, "IMAGE"])
+        nodes.append({"id": 100 + i, "type": "Reroute", "inputs": [{"name": "", "type": "*", "link": 1000 + i}],
+                      "outputs": [{"name": "", "type": "IMAGE"}]})
+    if loop:
+        links[0] = [1000, 100 + n - 1, 0, 100, 0, "IMAGE"]
+    links.append([5000, 100 + n - 1, 0, 2, 0, "IMAGE"])
+    nodes.append({"id": 2, "type": "PreviewImage", "inputs": [{"name": "images", "type": "IMAGE", "link": 5000}],
+                  "outputs": []})
+    return {"nodes": nodes, "links": links, "version": 0.4}
+
+
+def test_long_reroute_chains_convert_and_reroute_loops_are_refused(object_info: dict[str, Any]) -> None:
+    assert ui_to_api(_reroute_chain(3000), object_info)["2"]["inputs"]["images"] == ["1", 0]
+    with pytest.raises(ConversionError, match="loop of reroutes"):
+        ui_to_api(_reroute_chain(5, loop=True), object_info)
+
+
+def _malformed_workflows() -> list[Any]:
+    base = _reroute_chain(1)
+    cases = []
+    for mutate in (
+        lambda w: w["links"].__setitem__(0, {"id": 1000, "origin_id": 1}),  # a link missing keys
+        lambda w: w["nodes"][2].__setitem__("inputs", "images"),  # inputs as a string
+        lambda w: w["nodes"][2]["inputs"][0].__setitem__("link", "abc"),  # a non-numeric link id
+        lambda w: w["links"].__setitem__(1, ["x", 100, 0, 2, 0, "IMAGE"]),  # a non-numeric link id in links
+        lambda w: w["nodes"][2]["inputs"][0].__setitem__("link", [1]),
+        lambda w: w["links"].__setitem__(1, [5000, [1], 0, 2, 0, "IMAGE"]),
+        lambda w: w.__setitem__("definitions", {"subgraphs": "x"}),
+        lambda w: w.__setitem__("links", {"a": 1}),
+        lambda w: w["nodes"][0].__setitem__("id", [1]),
+    ):
+        workflow = json.loads(json.dumps(base))
+        mutate(workflow)
+        cases.append(workflow)
+    return cases
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_malformed_editor_workflows_are_conversion_errors(object_info: dict[str, Any], index: int) -> None:
+    with pytest.raises(ConversionError):
+        ui_to_api(_malformed_workflows()[index], object_info)
+
+
+def test_malformed_editor_workflows_and_reroute_chains_get_400_from_prompt(server) -> None:
+    for workflow in [*_malformed_workflows(), _reroute_chain(5, loop=True)]:
+        status, answer = http(server.url, "POST", "/prompt", json.dumps({"prompt": workflow}).encode())
+        assert status == 400, (workflow, answer)
+        assert json.loads(answer)["error"]["type"] == "invalid_prompt"
+    status, answer = http(server.url, "POST", "/prompt", json.dumps({"prompt": _reroute_chain(1500)}).encode())
+    assert status == 200, answer
