@@ -46,6 +46,7 @@ class LoadImage(Node):
     """Loads an image from the input folder; the mask is 1 - alpha, so painted-out areas are the ones to change."""
 
     CATEGORY = "image"
+    DISPLAY_NAME = "Load Image"
     RETURN_TYPES = ("IMAGE", "MASK")
 
     image: str = Input(choices=list_input_images, image_upload=True)
@@ -104,6 +105,7 @@ class SaveImage(Node):
     """Saves images as PNGs in the output folder, carrying the workflow so the image can reproduce its run."""
 
     CATEGORY = "image"
+    DISPLAY_NAME = "Save Image"
     OUTPUT_NODE = True
 
     images: Image
@@ -121,6 +123,7 @@ class PreviewImage(Node):
     """Shows images without keeping them: they go to the temp folder."""
 
     CATEGORY = "image"
+    DISPLAY_NAME = "Preview Image"
     OUTPUT_NODE = True
 
     images: Image
@@ -137,6 +140,7 @@ class ImageScale(Node):
     """Resizes images; a width or height of 0 keeps the aspect ratio."""
 
     CATEGORY = "image/upscaling"
+    DISPLAY_NAME = "Upscale Image"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image
@@ -153,6 +157,7 @@ class ImageInvert(Node):
     """Inverts colours (1 - value)."""
 
     CATEGORY = "image"
+    DISPLAY_NAME = "Invert Image"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image
@@ -165,6 +170,7 @@ class ImageBatch(Node):
     """Joins two image batches; the second is resized to the first's size when they differ."""
 
     CATEGORY = "image"
+    DISPLAY_NAME = "Batch Images"
     RETURN_TYPES = ("IMAGE",)
 
     image1: Image

@@ -1,0 +1,113 @@
+"""Conditioning nodes that rework encoded prompts: zeroing, concatenating, averaging, weighting.
+
+CONDITIONING is ComfyUI's list of `[embeddings [1, T, D], options]` entries; options carry `pooled_output` (SDXL,
+SD3) and what nodes add. The sampler runs the model once per entry and averages the predictions weighted by each
+entry's `strength`, which is how ComfyUI combines conditionings without areas, so ConditioningSetAreaStrength is
+exact here. Names, inputs and arithmetic are ComfyUI's.
+
+Not here: area, mask and timestep-range conditioning (ConditioningSetArea, ...SetAreaPercentage, ...SetMask,
+...SetTimestepRange) need the sampling loop to honour those options; until it does, they are not registered, so a
+workflow using them is refused at validation rather than run with the option silently ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from latentgraph.engine.context import RunContext
+from latentgraph.engine.node import Input, Node
+from latentgraph.engine.types import Conditioning
+
+log = logging.getLogger(__name__)
+
+
+def set_values(conditioning: list, values: dict[str, Any]) -> list:
+    """A copy of the conditioning with `values` set in every entry's options (the embeddings are shared)."""
+    return [[embeddings, {**options, **values}] for embeddings, options in conditioning]
+
+
+class ConditioningZeroOut(Node):
+    """Replaces the embeddings (and pooled output) with zeros: the "empty" conditioning SD3 and Turbo use."""
+
+    CATEGORY = "advanced/conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning: Conditioning
+
+    def execute(self, ctx: RunContext) -> tuple:
+        out = []
+        for embeddings, options in self.conditioning:
+            options = dict(options)
+            if options.get("pooled_output") is not None:
+                options["pooled_output"] = torch.zeros_like(options["pooled_output"])
+            out.append([torch.zeros_like(embeddings), options])
+        return (out,)
+
+
+class ConditioningConcat(Node):
+    """Appends the first entry of conditioning_from to the tokens of every entry of conditioning_to."""
+
+    CATEGORY = "conditioning"
+    DISPLAY_NAME = "Conditioning (Concat)"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning_to: Conditioning
+    conditioning_from: Conditioning
+
+    def execute(self, ctx: RunContext) -> tuple:
+        if len(self.conditioning_from) > 1:
+            log.warning("ConditioningConcat: conditioning_from has more than one entry; only the first is used")
+        source = self.conditioning_from[0][0]
+        out = [[torch.cat((emb, source.to(emb.dtype)), dim=1), dict(options)] for emb, options in self.conditioning_to]
+        return (out,)
+
+
+class ConditioningAverage(Node):
+    """to * strength + from * (1 - strength), token by token (from is cut or zero-padded to to's length);
+    pooled outputs are mixed the same way.
+
+    ComfyUI names no display name for this node (its mapping's key has a stray space), so neither do we.
+    """
+
+    CATEGORY = "conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning_to: Conditioning
+    conditioning_from: Conditioning
+    conditioning_to_strength: float = Input(1.0, ge=0.0, le=1.0, step=0.01)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        if len(self.conditioning_from) > 1:
+            log.warning("ConditioningAverage: conditioning_from has more than one entry; only the first is used")
+        source, source_options = self.conditioning_from[0]
+        pooled_from = source_options.get("pooled_output")
+        weight = self.conditioning_to_strength
+        out = []
+        for target, options in self.conditioning_to:
+            mixed_from = source[:, :target.shape[1]].to(target.dtype)
+            if mixed_from.shape[1] < target.shape[1]:
+                padding = torch.zeros((1, target.shape[1] - mixed_from.shape[1], target.shape[2]), dtype=target.dtype)
+                mixed_from = torch.cat([mixed_from, padding], dim=1)
+            options = dict(options)
+            pooled_to = options.get("pooled_output", pooled_from)
+            if pooled_from is not None and pooled_to is not None:
+                options["pooled_output"] = pooled_to * weight + pooled_from * (1.0 - weight)
+            elif pooled_from is not None:
+                options["pooled_output"] = pooled_from
+            out.append([target * weight + mixed_from * (1.0 - weight), options])
+        return (out,)
+
+
+class ConditioningSetAreaStrength(Node):
+    """Sets the weight of this conditioning when the sampler averages it with others."""
+
+    CATEGORY = "conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning: Conditioning
+    strength: float = Input(1.0, ge=0.0, le=10.0, step=0.01)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return (set_values(self.conditioning, {"strength": self.strength}),)
