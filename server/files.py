@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 FOLDER_TYPES = ("input", "output", "temp")
 MAX_NAME_LENGTH = 255
 _DRIVE = re.compile(r"^[a-zA-Z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def folder_root(folders: Folders, kind: str) -> Path:
@@ -40,6 +41,8 @@ def _check_part(value: str, what: str, *, allow_slash: bool) -> list[str]:
     for candidate in {value, decoded}:
         if "\x00" in candidate or "\\" in candidate or _DRIVE.match(candidate) or candidate.startswith(("/", "~")):
             raise ApiError(400, "invalid_path", f"Invalid {what}", f"{what} must be a plain relative name")
+        if _CONTROL.search(candidate):
+            raise ApiError(400, "invalid_path", f"Invalid {what}", f"{what} must not contain control characters")
         parts = candidate.split("/")
         if not allow_slash and len(parts) > 1:
             raise ApiError(400, "invalid_path", f"Invalid {what}", f"{what} must not contain '/'")

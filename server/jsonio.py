@@ -120,7 +120,12 @@ def id_list(body: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-def query_int(request: web.Request, name: str, default: int | None, *, minimum: int = 0) -> int | None:
+MAX_QUERY_INT = 2**53  # SQLite stores at most 2^63 - 1; no paging value needs more than this
+
+
+def query_int(request: web.Request, name: str, default: int | None, *, minimum: int = 0,
+              maximum: int = MAX_QUERY_INT) -> int | None:
+    """An integer query parameter within [minimum, maximum], or a 400 naming it."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -130,6 +135,8 @@ def query_int(request: web.Request, name: str, default: int | None, *, minimum: 
         raise ApiError(400, "invalid_request", f"query parameter '{name}' must be an integer", repr(raw)[:100]) from exc
     if value < minimum:
         raise ApiError(400, "invalid_request", f"query parameter '{name}' must be at least {minimum}", str(value))
+    if value > maximum:
+        raise ApiError(400, "invalid_request", f"query parameter '{name}' must be at most {maximum}", str(value)[:40])
     return value
 
 

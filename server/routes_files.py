@@ -14,6 +14,7 @@ import mimetypes
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from latentgraph.server.files import folder_root, safe_path, store_upload, verify_image
 from latentgraph.server.jsonio import ApiError, parse_json
 from latentgraph.server.state import get_state
@@ -90,7 +91,7 @@ async def _read_upload(request: web.Request) -> tuple[dict[str, str], str, bytes
     limit = get_state(request).options.max_upload_bytes
     try:
         reader = await request.multipart()
-    except (AssertionError, ValueError, KeyError) as exc:
+    except (AssertionError, ValueError, KeyError, HttpProcessingError) as exc:
         raise ApiError(400, "invalid_request", "Expected a multipart/form-data upload", str(exc)[:200]) from exc
     fields: dict[str, str] = {}
     filename, data = None, None
@@ -103,7 +104,7 @@ async def _read_upload(request: web.Request) -> tuple[dict[str, str], str, bytes
             elif part.name:
                 raw = await _read_part(part, MAX_FIELD_BYTES, f"field {part.name!r}")
                 fields[part.name] = raw.decode("utf-8", errors="replace")
-    except (ValueError, AssertionError, UnicodeDecodeError) as exc:
+    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as exc:
         raise ApiError(400, "invalid_request", "The multipart body is malformed", str(exc)[:200]) from exc
     if filename is None or data is None:
         raise ApiError(400, "invalid_request", "No image uploaded", "send the file in a form field named 'image'")

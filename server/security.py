@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import ipaddress
 from typing import Any
@@ -96,7 +95,7 @@ def _supplied_token(request: web.Request) -> tuple[str | None, bool]:
         try:
             _, _, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
             return password, False
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 (UnicodeDecodeError)
             return None, False
     if TOKEN_QUERY in request.query:
         return request.query[TOKEN_QUERY], True
@@ -109,7 +108,8 @@ def token_guard(token: str) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         supplied, from_query = _supplied_token(request)
-        if supplied is None or not hmac.compare_digest(supplied.encode(), expected):
+        # A header that is not UTF-8 reaches us with surrogate escapes; it cannot match, and must not raise.
+        if supplied is None or not hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), expected):
             raise ApiError(401, "unauthorized", "A valid token is required",
                            "send it as 'Authorization: Bearer TOKEN' or as ?token=TOKEN")
         response = await handler(request)

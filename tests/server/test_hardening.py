@@ -342,3 +342,45 @@ def test_malformed_editor_workflows_and_reroute_chains_get_400_from_prompt(serve
         assert json.loads(answer)["error"]["type"] == "invalid_prompt"
     status, answer = http(server.url, "POST", "/prompt", json.dumps({"prompt": _reroute_chain(1500)}).encode())
     assert status == 200, answer
+
+
+def _png(size: tuple[int, int] = (4, 4)) -> bytes:
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (9, 9, 9)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("query", ["/jobs?limit=99999999999999999999", "/jobs?offset=9223372036854775808",
+                                   "/history?max_items=9223372036854775808", "/history?offset=9223372036854775808",
+                                   "/api/jobs?limit=9223372036854775807"])
+def test_paging_values_beyond_sqlite_integers_are_400(server, query) -> None:
+    status, answer = http(server.url, "GET", query)
+    assert status == 400 and "must be at most" in json.loads(answer)["error"]["message"], answer
+
+
+@pytest.mark.parametrize("name", ["a\x00b.png", "a\x01b.png", "a\nb.png", "a\x7fb.png", "a\rb.png"])
+def test_upload_names_with_control_bytes_are_400(server, base_dir, name) -> None:
+    body, headers = _multipart(name, _png())
+    status, answer = http(server.url, "POST", "/upload/image", body, headers=headers)
+    assert status == 400, answer
+    encoded = "".join(c if c.isalnum() or c == "." else f"%{ord(c):02X}" for c in name)
+    body = (b'--B\r\nContent-Disposition: form-data; name="image"; filename*=UTF-8\'\'' + encoded.encode()
+            + b"\r\nContent-Type: image/png\r\n\r\n" + _png() + b"\r\n--B--\r\n")
+    status, answer = http(server.url, "POST", "/upload/image", body,
+                          headers={"Content-Type": "multipart/form-data; boundary=B"})
+    assert status == 400, answer
+    assert sorted(p.name for p in (base_dir / "input").iterdir()) == ["photo.png"]
+
+
+def test_a_bearer_header_that_is_not_utf8_is_401(base_dir: Path) -> None:
+    with ThreadedServer(options_for(base_dir, full=False, token="sekrit")) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        for value in (b"Bearer \xff\xfe", b"Basic \xc3\x28", b"Bearer sekrit\xff"):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(b"GET /queue HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + value
+                             + b"\r\nConnection: close\r\n\r\n")
+                assert sock.recv(100).split()[1] == b"401", value
+        assert http(srv.url, "GET", "/queue", headers={"Authorization": "Bearer sekrit"})[0] == 200
