@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import uuid
 from pathlib import Path
@@ -95,7 +96,14 @@ def save_images(images: torch.Tensor, root: Path, filename_prefix: str, kind: st
     results = []
     for offset, image in enumerate(images):
         name = f"{prefix}_{counter + offset:05}_.png"
-        tensor_to_pil(image).save(folder / name, pnginfo=metadata, compress_level=4)
+        # A temporary name, then a rename: a full disk must not leave a truncated PNG under the real name.
+        temporary = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            tensor_to_pil(image).save(temporary, format="PNG", pnginfo=metadata, compress_level=4)
+            os.replace(temporary, folder / name)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         results.append({"filename": name, "subfolder": folder.relative_to(root).as_posix().strip("."),
                         "type": kind})
     return results
