@@ -61,6 +61,14 @@ class DuplicatePromptId(ValueError):
     """A prompt with this id is already queued or in history."""
 
 
+class StorageError(RuntimeError):
+    """The database could not be written (a full disk, most often); the server answers 507 and recovers once
+    space is back."""
+
+
+STORAGE_HINT = "free some disk space in the server's base directory; the server recovers by itself once there is"
+
+
 @dataclass
 class QueueItem:
     """ComfyUI's queue item, `[number, prompt_id, prompt, extra_data, outputs_to_execute]`."""
@@ -119,6 +127,9 @@ class PromptQueue:
         row = self._db.execute("SELECT MAX(ABS(number)) AS n, MAX(done_seq) AS s FROM prompts").fetchone()
         self._counter = int(row["n"] or 0) + 1
         self._done_seq = int(row["s"] or 0)
+        # Results the database refused (disk full): the prompt is over and shown as failed from here, and the
+        # record is written as soon as the database accepts writes again (see flush_unrecorded).
+        self._unrecorded: dict[str, tuple[Any, ...]] = {}
         self.recovered = self._recover_crashed()
 
     def close(self) -> None:
@@ -156,6 +167,8 @@ class PromptQueue:
             self._counter = max(self._counter, int(abs(number))) + 1
             if front:
                 number = -abs(number)
+            if prompt_id in self._unrecorded:
+                raise DuplicatePromptId(prompt_id)
             try:
                 self._db.execute(
                     "INSERT INTO prompts (prompt_id, number, state, prompt, extra_data, outputs_to_execute, "
@@ -164,6 +177,8 @@ class PromptQueue:
                      client_id, workflow_id, now_ms()))
             except sqlite3.IntegrityError as exc:
                 raise DuplicatePromptId(prompt_id) from exc
+            except sqlite3.Error as exc:
+                raise StorageError(f"the prompt could not be stored: {exc}") from exc
         self._work.set()
         return QueueItem(number, prompt_id, prompt, extra_data, outputs)
 
@@ -178,24 +193,70 @@ class PromptQueue:
         """The first pending prompt, now marked running; None when nothing is pending."""
         self._work.clear()  # before looking, so that an add() after the look always wakes the next wait()
         with self._lock:
-            row = self._db.execute("SELECT * FROM prompts WHERE state = 'pending' ORDER BY number, rowid "
-                                   "LIMIT 1").fetchone()
-            if row is None:
-                return None
-            self._db.execute("UPDATE prompts SET state = 'running', start_time = ? WHERE prompt_id = ?",
-                             (now_ms(), row["prompt_id"]))
+            try:
+                row = self._db.execute("SELECT * FROM prompts WHERE state = 'pending' ORDER BY number, rowid "
+                                       "LIMIT 1").fetchone()
+                if row is None:
+                    return None
+                self._db.execute("UPDATE prompts SET state = 'running', start_time = ? WHERE prompt_id = ?",
+                                 (now_ms(), row["prompt_id"]))
+            except sqlite3.Error as exc:
+                raise StorageError(f"the queue could not be updated: {exc}") from exc
             return self._item(row)
 
     def finish(self, prompt_id: str, status_str: str, completed: bool, messages: list[Any],
                outputs: dict[str, Any], meta: dict[str, Any], error: dict[str, Any] | None) -> None:
+        """Moves a prompt to history. When the database refuses the write, the prompt is failed in memory with
+        the reason (so nothing shows it running), the record waits for `flush_unrecorded`, and StorageError is
+        raised for the worker to tell the client."""
         with self._lock:
-            self._finish_locked(prompt_id, status_str, completed, messages, outputs, meta, error)
+            try:
+                self._finish_locked(prompt_id, status_str, completed, messages, outputs, meta, error)
+            except sqlite3.Error as exc:
+                reason = (f"The prompt ran, but its result could not be stored ({exc}); {STORAGE_HINT}. Its "
+                          "outputs, if any were saved, are listed; the prompt counts as failed.")
+                failed = {
+                    "prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
+                    "exception_message": reason, "exception_type": "StorageError", "traceback": [],
+                    "current_inputs": {}, "current_outputs": {}, "timestamp": now_ms(),
+                }
+                kept = [m for m in messages if m and m[0] == "execution_start"]
+                self._unrecorded[prompt_id] = (prompt_id, "error", False, [*kept, ["execution_error", failed]],
+                                               outputs, meta, failed)
+                raise StorageError(reason) from exc
+
+    def flush_unrecorded(self) -> bool:
+        """Writes the results the database refused earlier; True when none is left (the worker may go on)."""
+        with self._lock:
+            for prompt_id, record in list(self._unrecorded.items()):
+                try:
+                    self._finish_locked(*record)
+                except sqlite3.Error:
+                    return False
+                del self._unrecorded[prompt_id]
+            return True
+
+    def unrecorded_error(self, prompt_id: str) -> dict[str, Any] | None:
+        """The failure of a prompt whose result is not yet in the database, if it is one."""
+        with self._lock:
+            record = self._unrecorded.get(prompt_id)
+        return record[6] if record else None
 
     def _finish_locked(self, prompt_id: str, status_str: str, completed: bool, messages: list[Any],
                        outputs: dict[str, Any], meta: dict[str, Any], error: dict[str, Any] | None) -> None:
         self._done_seq += 1
         count, preview = outputs_summary(outputs)
         self._db.execute("BEGIN")
+        try:
+            self._write_finish(prompt_id, status_str, completed, messages, outputs, meta, error, count, preview)
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _write_finish(self, prompt_id: str, status_str: str, completed: bool, messages: list[Any],
+                      outputs: dict[str, Any], meta: dict[str, Any], error: dict[str, Any] | None, count: int,
+                      preview: dict[str, Any] | None) -> None:
         self._db.execute(
             "UPDATE prompts SET state = 'done', end_time = ?, done_seq = ?, status_str = ?, completed = ?, "
             "messages = ?, outputs = ?, meta = ?, error = ?, outputs_count = ?, preview_output = ? "
@@ -218,13 +279,14 @@ class PromptQueue:
         with self._lock:
             rows = self._db.execute("SELECT * FROM prompts WHERE state = ? ORDER BY number, rowid",
                                     (state,)).fetchall()
-        return [self._item(row) for row in rows]
+            unrecorded = set(self._unrecorded)
+        return [self._item(row) for row in rows if row["prompt_id"] not in unrecorded]
 
     def remaining(self) -> int:
-        """Pending plus running, ComfyUI's `queue_remaining`."""
+        """Pending plus running, ComfyUI's `queue_remaining` (a prompt failed for want of storage is over)."""
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM prompts WHERE state IN ('pending', 'running')"
-                                    ).fetchone()[0]
+                                    ).fetchone()[0] - len(self._unrecorded)
 
     def state_of(self, prompt_id: str) -> str | None:
         with self._lock:
@@ -244,6 +306,10 @@ class PromptQueue:
     # -- history ------------------------------------------------------------------------------------------------
 
     def _history_entry(self, row: sqlite3.Row) -> dict[str, Any]:
+        record = self._unrecorded.get(row["prompt_id"])
+        if record is not None:
+            return {"prompt": self._item(row).as_list(), "outputs": record[4],
+                    "status": {"status_str": "error", "completed": False, "messages": record[3]}, "meta": record[5]}
         if row["state"] != "done":
             return {"prompt": self._item(row).as_list(), "outputs": {},
                     "status": {"status_str": "running" if row["state"] == "running" else "pending",
@@ -298,6 +364,8 @@ class PromptQueue:
             "workflow_id": row["workflow_id"],
         }
         job = {k: v for k, v in job.items() if v is not None}
+        if row["prompt_id"] in self._unrecorded:
+            job["status"], job["execution_error"] = "failed", self._unrecorded[row["prompt_id"]][6]
         if full:
             entry = self._history_entry(row)
             job["outputs"] = entry["outputs"]

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from latentgraph.engine.validate import validate
 from latentgraph.server.jsonio import ApiError, id_list, json_answer, query_int, read_object
-from latentgraph.server.queue import JOB_STATUSES, DuplicatePromptId, now_ms
+from latentgraph.server.queue import JOB_STATUSES, STORAGE_HINT, DuplicatePromptId, StorageError, now_ms
 from latentgraph.server.state import get_state
 from latentgraph.server.uiformat import ConversionError, is_ui_format, ui_to_api
 
@@ -104,6 +104,9 @@ async def post_prompt(request: web.Request) -> web.Response:
     except DuplicatePromptId as exc:
         raise _prompt_error("Duplicate prompt_id", f"a prompt with id {prompt_id!r} is already queued or in "
                             "history", kind="duplicate_prompt_id") from exc
+    except StorageError as exc:
+        raise ApiError(507, "insufficient_storage", "The server cannot store the prompt", f"{exc}; {STORAGE_HINT}",
+                       node_errors={}) from exc
     state.broadcast_status()
     return web.json_response({"prompt_id": item.prompt_id, "number": item.as_list()[0], "node_errors": {}})
 

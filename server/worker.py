@@ -19,7 +19,7 @@ from typing import Any
 from latentgraph.engine.executor import Executor
 from latentgraph.engine.interrupt import InterruptToken
 from latentgraph.engine.validate import InvalidPrompt
-from latentgraph.server.queue import PromptQueue, QueueItem, now_ms
+from latentgraph.server.queue import PromptQueue, QueueItem, StorageError, now_ms
 from latentgraph.server.ws import Hub
 from PIL import Image
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 HISTORY_EVENTS = ("execution_start", "execution_cached", "execution_success", "execution_error",
                   "execution_interrupted")
 IDLE_POLL_S = 1.0
+STORAGE_RETRY_S = 2.0
 
 
 @dataclass
@@ -88,11 +89,17 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 self._apply_free()
+                if not self.queue.flush_unrecorded():  # the disk is still full: nothing new can be recorded
+                    self._stopping.wait(STORAGE_RETRY_S)
+                    continue
                 item = self.queue.claim_next()
                 if item is None:
                     self.queue.wait(IDLE_POLL_S)
                     continue
                 self._run(item)
+            except StorageError as exc:
+                log.error("the queue database cannot be written: %s; retrying in %s s", exc, STORAGE_RETRY_S)
+                self._stopping.wait(STORAGE_RETRY_S)
             except Exception:  # the worker must outlive anything a prompt or the disk does to it
                 log.exception("the worker hit an unexpected error; it goes on with the next prompt")
                 time.sleep(0.1)
@@ -145,9 +152,16 @@ class Worker:
             self.hub.post("execution_error", error, sid)
         meta = {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
                 for node in outputs}
-        self.queue.finish(item.prompt_id, status_str, status_str == "success", messages, outputs, meta, error)
-        with self._lock:
-            self.current = None
+        try:
+            self.queue.finish(item.prompt_id, status_str, status_str == "success", messages, outputs, meta, error)
+        except StorageError:  # failed in memory with the reason; tell the client, free the worker
+            log.error("the result of prompt %s could not be stored", item.prompt_id)
+            failed = self.queue.unrecorded_error(item.prompt_id)
+            if failed is not None:
+                self.hub.post("execution_error", failed, sid)
+        finally:
+            with self._lock:
+                self.current = None
         self.on_queue_change()
         self.hub.post("executing", {"node": None, "display_node": None, "prompt_id": item.prompt_id}, sid)
 

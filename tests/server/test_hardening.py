@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ import networkx as nx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from latentgraph.engine.context import Environment
+from latentgraph.engine.context import Environment, RunContext
+from latentgraph.engine.node import Input, Node, NodeOutput
+from latentgraph.engine.types import Image as ImageType
 from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, validate
 from latentgraph.server.uiformat import ConversionError, ui_to_api
 
-from tests.server.helpers import ThreadedServer, image_prompt, make_registry, options_for
+from tests.server.helpers import SlowImage, ThreadedServer, image_prompt, make_registry, options_for, slow_prompt
 
 LIMIT = 64 * 1024
 DATA = Path(__file__).parent / "data"
@@ -384,3 +387,113 @@ def test_a_bearer_header_that_is_not_utf8_is_401(base_dir: Path) -> None:
                              + b"\r\nConnection: close\r\n\r\n")
                 assert sock.recv(100).split()[1] == b"401", value
         assert http(srv.url, "GET", "/queue", headers={"Authorization": "Bearer sekrit"})[0] == 200
+
+
+# ---------------------------------------------------------------- 7. a full disk fails the prompt, never sticks it
+
+
+class BulkyOutput(Node):
+    """An output node whose result lists `count` files: its history record needs fresh database pages."""
+
+    CATEGORY = "testing"
+    OUTPUT_NODE = True
+
+    images: ImageType
+    count: int = Input(500, ge=1, le=100_000)
+
+    def execute(self, ctx: RunContext) -> NodeOutput:
+        return NodeOutput(ui={"images": [{"filename": f"bulky_{i:05}.png", "subfolder": "", "type": "temp"}
+                                         for i in range(self.count)]})
+
+
+def _fill_database(queue: Any) -> None:
+    """Makes SQLite's own 'database or disk is full' (SQLITE_FULL) happen on the next write that needs space:
+    the file may not grow past its current pages, and those pages are packed with filler rows."""
+    with queue._lock:
+        db = queue._db
+        db.execute("CREATE TABLE IF NOT EXISTS filler (x BLOB)")
+        db.execute("PRAGMA max_page_count = " + str(db.execute("PRAGMA page_count").fetchone()[0] + 2))
+        for size in (4000, 1000, 200, 40, 8, 1):
+            try:
+                while True:
+                    db.execute("INSERT INTO filler VALUES (?)", (b"f" * size,))
+            except sqlite3.OperationalError as exc:
+                assert "full" in str(exc)
+
+
+def _free_database(queue: Any) -> None:
+    with queue._lock:
+        queue._db.execute("PRAGMA max_page_count = 1073741823")
+        queue._db.execute("DELETE FROM filler")
+
+
+def test_a_full_database_fails_the_prompt_frees_the_worker_and_recovers(base_dir: Path) -> None:
+    import urllib.request
+
+    from latentgraph.server.state import STATE
+    options = options_for(base_dir, full=False)
+    assert options.registry is not None
+    options.registry.register(BulkyOutput)
+    with ThreadedServer(options) as srv:
+        queue = srv.app[STATE].queue
+
+        def get(path: str) -> Any:
+            with urllib.request.urlopen(srv.url + path, timeout=10) as answer:
+                return json.loads(answer.read())
+
+        prompt = slow_prompt(steps=30, delay_ms=20)
+        prompt["2"] = {"class_type": "BulkyOutput", "inputs": {"images": ["1", 0], "count": 500}}
+        body = json.dumps({"prompt": prompt, "prompt_id": "full-1"}).encode()
+        assert http(srv.url, "POST", "/prompt", body)[0] == 200
+        deadline = time.monotonic() + 10
+        while not SlowImage.steps_done or SlowImage.steps_done[-1][0] != "full-1":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        _fill_database(queue)
+        deadline = time.monotonic() + 20
+        while get("/queue")["queue_running"]:
+            assert time.monotonic() < deadline, "the prompt stayed running"
+            time.sleep(0.05)
+        job = get("/jobs/full-1")
+        assert job["status"] == "failed" and "could not be stored" in job["execution_error"]["exception_message"]
+        assert get("/history/full-1")["full-1"]["status"]["status_str"] == "error"
+        assert get("/prompt")["exec_info"]["queue_remaining"] == 0
+        padded = {"prompt": image_prompt(), "extra_data": {"note": "n" * 30_000}}  # needs pages the file cannot get
+        status, answer = http(srv.url, "POST", "/prompt", json.dumps(padded).encode())
+        assert status == 507 and json.loads(answer)["error"]["type"] == "insufficient_storage", answer
+
+        _free_database(queue)  # space is back: the failure is recorded, and prompts run again
+        status, answer = http(srv.url, "POST", "/prompt", json.dumps({"prompt": image_prompt(),
+                                                                      "prompt_id": "after"}).encode())
+        assert status == 200, answer
+        deadline = time.monotonic() + 20
+        while "after" not in get("/history"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert get("/history/after")["after"]["status"]["status_str"] == "success"
+        assert get("/history/full-1")["full-1"]["status"]["status_str"] == "error"
+        with queue._lock:
+            state = queue._db.execute("SELECT state FROM prompts WHERE prompt_id = 'full-1'").fetchone()[0]
+        assert state == "done"
+
+
+def test_save_image_leaves_no_truncated_png_when_the_write_fails(tmp_path: Path) -> None:
+    """A real failed write (the file-size limit, EFBIG, standing in for ENOSPC): nothing is left under any name."""
+    import resource
+    import signal
+
+    import torch
+    from latentgraph.nodes.image import save_images
+    images = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(0))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(OSError):
+            save_images(images, tmp_path, "full", "output", None, None)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert list(tmp_path.iterdir()) == []
+    saved = save_images(images, tmp_path, "full", "output", None, None)
+    assert [p.name for p in tmp_path.iterdir()] == [saved[0]["filename"]] == ["full_00001_.png"]
