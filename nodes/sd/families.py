@@ -23,8 +23,10 @@ from latentgraph.engine.folders import Folders
 from latentgraph.engine.models import ModelManager
 from latentgraph.nodes.sd.checkpoint import CheckpointInfo, TensorFile, file_identity, refuse_pickle
 from latentgraph.nodes.sd.detect import METADATA_KEY, Shapes, UnknownCheckpoint, family_config
+from latentgraph.nodes.sd.flow import FlowSpace
 from latentgraph.nodes.sd.handles import HANDLE_BYTES, ModelHandle, VaeHandle, checkpoint_info, model_manager
 from latentgraph.nodes.sd.multiclip import sd3_conditioning, sdxl_conditioning
+from latentgraph.nodes.sd.noise_space import NoiseSpace
 from latentgraph.nodes.sd.sd3 import (
     clip_config,
     inspect_sd3,
@@ -211,6 +213,9 @@ class FlowModelHandle(ModelHandle):
 
     def with_shift(self, shift: float) -> FlowModelHandle:
         return replace(self, scheduler_config={**self.scheduler_config, "shift": shift})
+
+    def noise_space(self, sampler_name: str, scheduler_name: str) -> NoiseSpace:
+        return FlowSpace(sampler_name, scheduler_name, self.scheduler_config, self.latent_scale, self.latent_shift)
 
 
 @dataclass(frozen=True)

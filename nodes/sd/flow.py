@@ -1,10 +1,10 @@
-"""The denoising loop for flow-matching models (SD3's MMDiT), with ComfyUI's sampling semantics.
+"""Flow matching (SD3's MMDiT) as a noise space of the one denoising loop (nodes/sd/sampling.py).
 
 A flow model predicts the velocity v = noise - x0 along x_t = sigma * noise + (1 - sigma) * x0, sigma going from 1
-to 0; ComfyUI's `ModelSamplingSD3` shift (3.0 for SD3) bends the sigma schedule towards the noisy end. The loop is
-StableDiffusion3Pipeline's (same scheduler, seed, steps and cfg give its latents) plus what ComfyUI adds, as the
-UNet loop in nodes/sd/sampling.py does: `denoise < 1`, start/end steps, leftover noise, noise masks, per-image
-noise and CFG with the unconditional pass skipped at cfg == 1.
+to 0; ComfyUI's `ModelSamplingSD3` shift (3.0 for SD3) bends the sigma schedule towards the noisy end. With this space
+the loop runs StableDiffusion3Pipeline's steps (same scheduler, seed, steps and cfg give its latents) plus what
+ComfyUI adds: `denoise < 1`, start/end steps, leftover noise, noise masks, per-image noise and CFG with the
+unconditional pass skipped at cfg == 1.
 
 Latents enter and leave unscaled (VAE space). A latent returned with leftover noise at sigma is, as in ComfyUI,
 x_sigma / (1 - sigma) in the model's scaled space, so that a following sampler with add_noise disabled resumes at
@@ -13,12 +13,10 @@ exactly x_sigma.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from latentgraph.nodes.sd.sampling import Conditioning, _mask_for, guided, latent_preview, prepare_noise, step_window
-from PIL import Image
+from latentgraph.nodes.sd.noise_space import NoiseSpace
 
 FLOW_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("FlowMatchEulerDiscreteScheduler", {}),
@@ -71,73 +69,38 @@ def _sigmas(scheduler: Any) -> torch.Tensor:
     return sigmas
 
 
-@torch.no_grad()
-def sample_flow(model: Any, *, seed: int, steps: int, cfg: float, sampler_name: str, scheduler_name: str,
-                positive: Conditioning, negative: Conditioning, latent: dict[str, Any], denoise: float = 1.0,
-                add_noise: bool = True, start_step: int = 0, end_step: int = 10000, force_full_denoise: bool = True,
-                progress: Callable[[int, int], None] | None = None,
-                preview: Callable[[Image.Image], None] | None = None,
-                check_interrupt: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Denoises `latent` with a flow-matching MODEL (same arguments as nodes.sd.sampling.sample)."""
-    samples_in = latent["samples"].float()
-    out_latent = dict(latent)
-    window = step_window(steps, denoise, start_step, end_step)
-    if window is None:
-        return out_latent
-    total, first, last = window
-    scheduler = make_flow_scheduler(sampler_name, scheduler_name, model.scheduler_config)
-    scale, shift = model.latent_scale, model.latent_shift
-    with model.use() as net:
-        device = net.device
-        scheduler.set_timesteps(total, device=device)
-        order = scheduler.order
-        timesteps, sigmas = scheduler.timesteps, _sigmas(scheduler)
-        begin = first * order
-        end = last * order if last < total else len(timesteps)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(begin)
-        x0 = ((samples_in - shift) * scale).to(device)
-        noise, _ = prepare_noise(samples_in, seed, latent.get("batch_index"))
-        noise = noise.to(device)
-        sigma0 = float(sigmas[begin])
-        x = sigma0 * noise + (1 - sigma0) * x0 if add_noise else (1 - sigma0) * x0
-        mask = _mask_for(latent, x.shape, device)
-        stop_early = force_full_denoise and last < total
-        final_first = (last - 1) * order
-        clean: torch.Tensor | None = None
-        for n, i in enumerate(range(begin, end)):
-            if check_interrupt is not None:
-                check_interrupt()
-            t = timesteps[i]
-            velocity = guided(net, x, t, positive, negative, cfg, model.family)
-            estimate = x.float() - float(sigmas[i]) * velocity
-            if preview is not None:
-                preview(latent_preview(estimate[0]))
-            if stop_early and i == final_first:
-                clean = estimate
-                if progress is not None:
-                    progress(end - begin, end - begin)
-                break
-            x = scheduler.step(velocity, t, x).prev_sample
-            if mask is not None and i + 1 < end:
-                s = float(sigmas[i + 1])
-                x = (s * noise + (1 - s) * x0) * (1 - mask) + x * mask
-            if progress is not None:
-                progress(n + 1, end - begin)
-        if clean is not None:
-            result = clean
-        elif last < total:
-            result = x / (1 - float(sigmas[end]))
-        else:
-            result = x
-        result = result.float().cpu() / scale + shift
-    if mask is not None:
-        mask = mask.cpu()
-        if clean is None and last < total:
-            s = float(sigmas[end])
-            known = samples_in + (noise.cpu() * s / (1 - s)) / scale
-        else:
-            known = samples_in
-        result = known * (1 - mask) + result * mask
-    out_latent["samples"] = result
-    return out_latent
+class FlowSpace(NoiseSpace):
+    """Flow matching: the model predicts the velocity `noise - x0`; sigma runs from 1 to 0 along the schedule."""
+
+    def __init__(self, sampler_name: str, scheduler_name: str, scheduler_config: dict[str, Any],
+                 latent_scale: float, latent_shift: float) -> None:
+        super().__init__(make_flow_scheduler(sampler_name, scheduler_name, scheduler_config), latent_scale,
+                         latent_shift)
+        self.sigmas = torch.zeros(1)
+
+    def set_timesteps(self, total: int, device: torch.device) -> None:
+        super().set_timesteps(total, device)
+        self.sigmas = _sigmas(self.scheduler)
+
+    def initial(self, x0: torch.Tensor, noise: torch.Tensor, begin: int, add_noise: bool) -> torch.Tensor:
+        sigma0 = float(self.sigmas[begin])
+        return sigma0 * noise + (1 - sigma0) * x0 if add_noise else (1 - sigma0) * x0
+
+    def denoised(self, x: torch.Tensor, output: torch.Tensor, i: int) -> torch.Tensor:
+        return x.float() - float(self.sigmas[i]) * output
+
+    def step(self, output: torch.Tensor, i: int, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.scheduler.step(output, self.timesteps[i], x).prev_sample
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        s = float(self.sigmas[i])
+        return s * noise + (1 - s) * x0
+
+    def leftover(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """x_sigma / (1 - sigma), as ComfyUI returns it, so that a following sampler with add_noise disabled
+        resumes at exactly x_sigma."""
+        return x / (1 - float(self.sigmas[i]))
+
+    def leftover_noise(self, noise: torch.Tensor, i: int) -> torch.Tensor:
+        s = float(self.sigmas[i])
+        return noise * s / (1 - s)

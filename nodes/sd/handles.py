@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from latentgraph.engine.devices import weight_dtype
 from latentgraph.engine.models import ModelManager
 from latentgraph.nodes.sd.checkpoint import CheckpointInfo, inspect_checkpoint, load_component, load_vae_file
 from latentgraph.nodes.sd.lora import LoraPatch, patched
+from latentgraph.nodes.sd.model_inputs import denoiser_output
+from latentgraph.nodes.sd.noise_space import NoiseSpace, discrete_space
 
 HANDLE_BYTES = 1024
 INFO_CACHE_SIZE = 16
@@ -105,6 +108,15 @@ class ModelHandle(_Handle):
 
     def with_patch(self, patch: LoraPatch) -> ModelHandle:
         return replace(self, patches=(*self.patches, patch))
+
+    def noise_space(self, sampler_name: str, scheduler_name: str) -> NoiseSpace:
+        """The sampling loop's strategy for this model: eps, v or sample prediction on its UNet schedule."""
+        return discrete_space(self.prediction_type)(sampler_name, scheduler_name, self.scheduler_config,
+                                                    self.latent_scale)
+
+    def denoiser(self) -> Callable[..., torch.Tensor]:
+        """The network call with what this family's denoiser takes besides latent, timestep and context."""
+        return partial(denoiser_output, self.family)
 
     @contextmanager
     def use(self) -> Iterator[torch.nn.Module]:

@@ -8,7 +8,7 @@ from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Conditioning, Latent, Model
 from latentgraph.nodes.sd.samplers import SAMPLER_NAMES, SCHEDULER_NAMES, combination_error
-from latentgraph.nodes.sd.sampling import sample
+from latentgraph.nodes.sd.sampling import SamplingRequest, run
 
 SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
 SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
@@ -47,11 +47,10 @@ class KSampler(Node):
         return _check_pair(inputs)
 
     def execute(self, ctx: RunContext) -> tuple:
-        latent = sample(self.model, seed=self.seed, steps=self.steps, cfg=self.cfg, sampler_name=self.sampler_name,
-                        scheduler_name=self.scheduler, positive=self.positive, negative=self.negative,
-                        latent=self.latent_image, denoise=self.denoise, progress=ctx.progress, preview=ctx.preview,
-                        check_interrupt=ctx.check_interrupt)
-        return (latent,)
+        return (run(SamplingRequest(
+            self.model, seed=self.seed, steps=self.steps, cfg=self.cfg, sampler_name=self.sampler_name,
+            scheduler_name=self.scheduler, positive=self.positive, negative=self.negative, latent=self.latent_image,
+            denoise=self.denoise, progress=ctx.progress, preview=ctx.preview, check_interrupt=ctx.check_interrupt)),)
 
 
 class KSamplerAdvanced(Node):
@@ -80,10 +79,9 @@ class KSamplerAdvanced(Node):
         return _check_pair(inputs)
 
     def execute(self, ctx: RunContext) -> tuple:
-        latent = sample(self.model, seed=self.noise_seed, steps=self.steps, cfg=self.cfg,
-                        sampler_name=self.sampler_name, scheduler_name=self.scheduler, positive=self.positive,
-                        negative=self.negative, latent=self.latent_image, add_noise=self.add_noise == "enable",
-                        start_step=self.start_at_step, end_step=self.end_at_step,
-                        force_full_denoise=self.return_with_leftover_noise != "enable", progress=ctx.progress,
-                        preview=ctx.preview, check_interrupt=ctx.check_interrupt)
-        return (latent,)
+        return (run(SamplingRequest(
+            self.model, seed=self.noise_seed, steps=self.steps, cfg=self.cfg, sampler_name=self.sampler_name,
+            scheduler_name=self.scheduler, positive=self.positive, negative=self.negative, latent=self.latent_image,
+            add_noise=self.add_noise == "enable", start_step=self.start_at_step, end_step=self.end_at_step,
+            force_full_denoise=self.return_with_leftover_noise != "enable", progress=ctx.progress,
+            preview=ctx.preview, check_interrupt=ctx.check_interrupt)),)

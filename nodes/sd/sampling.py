@@ -1,4 +1,4 @@
-"""Our own denoising loop over a diffusers UNet and scheduler, with ComfyUI's sampling semantics.
+"""The one denoising loop, over a `SamplingRequest`, with ComfyUI's sampling semantics for every model family.
 
 Each step reports progress and honours the interrupt; latent previews go out at most every 0.1 s. The loop is
 the one diffusers' pipelines run (so that, for the same scheduler, seed, steps and cfg, txt2img and img2img give
@@ -6,26 +6,27 @@ their results), with what ComfyUI adds: `denoise < 1` runs the last `steps` of a
 `start/end` steps with or without leftover noise, noise masks for inpainting, per-image noise from `batch_index`,
 and CFG `uncond + (cond - uncond) * cfg` with the unconditional pass skipped at cfg == 1.
 
-Latents enter and leave in ComfyUI's convention: unscaled VAE latents, and a latent with leftover noise is
-`x0 + sigma * noise` in the model's scaled space. Inside, the scheduler's own space is used: noise-level schedulers
-(Euler, Heun, LMS, ...) work on `x0 + sigma * noise`, alpha schedulers (DDIM, DPM-Solver, UniPC, LCM) on
-`sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * noise`.
+What differs between models is a strategy: the MODEL handle gives the run's noise space (nodes/sd/noise_space.py:
+eps, v or sample prediction on a UNet schedule; nodes/sd/flow.py: flow matching) and its denoiser call (what the
+family's network takes besides latent, timestep and context). Latents enter and leave in ComfyUI's convention:
+unscaled VAE latents, and a latent with leftover noise is the space's leftover-noise latent in the model's scaled
+space, so that a following sampler with add_noise disabled resumes where this one stopped.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from latentgraph.nodes.sd.handles import ModelHandle
-from latentgraph.nodes.sd.model_inputs import FLOW_FAMILIES, denoiser_output
-from latentgraph.nodes.sd.samplers import make_scheduler
 from PIL import Image
+
+if TYPE_CHECKING:
+    from latentgraph.nodes.sd.noise_space import NoiseSpace
 
 # Previews cost a device-to-host copy: sent for the first and last step, and in between at most this often (s).
 PREVIEW_INTERVAL = 0.1
@@ -74,35 +75,16 @@ def _mask_for(latent: dict[str, Any], shape: torch.Size, device: torch.device) -
     return mask[: shape[0]].to(device)
 
 
-class _Noise:
-    """Noise levels of the training schedule, to move latents between the scheduler's space and ComfyUI's."""
+class Denoiser(Protocol):
+    """A family's network call: the output for `x` holding len(options) groups of equal batch, group i conditioned
+    by context[i] and options[i] (pooled embeddings, time ids, ...); `negative[i]` marks the unconditional ones."""
 
-    def __init__(self, scheduler: Any) -> None:
-        alphas = scheduler.alphas_cumprod.float().cpu()
-        self.log_sigmas = (((1 - alphas) / alphas) ** 0.5).log().numpy()
-        self.sigma_space = float(scheduler.init_noise_sigma) > 1.0
-
-    def sigma(self, t: torch.Tensor | float) -> float:
-        return float(np.exp(np.interp(float(t), np.arange(len(self.log_sigmas)), self.log_sigmas)))
-
-    def to_sigma_space(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        return x if self.sigma_space else x * (1 + self.sigma(t) ** 2) ** 0.5
-
-    def from_sigma_space(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        return x if self.sigma_space else x / (1 + self.sigma(t) ** 2) ** 0.5
-
-    def denoised(self, x: torch.Tensor, out: torch.Tensor, t: torch.Tensor | float, prediction: str) -> torch.Tensor:
-        """The model's estimate of the clean latent at this step."""
-        sigma, x_s = self.sigma(t), self.to_sigma_space(x, t)
-        if prediction == "v_prediction":
-            return x_s / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
-        if prediction == "sample":
-            return out
-        return x_s - out * sigma
+    def __call__(self, net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                 options: list[dict[str, Any]], negative: list[bool]) -> torch.Tensor: ...
 
 
 def guided(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, positive: Conditioning,
-            negative: Conditioning, cfg: float, family: str = "sd1") -> torch.Tensor:
+           negative: Conditioning, cfg: float, denoiser: Denoiser) -> torch.Tensor:
     """The CFG-combined model output (eps/v UNets and flow transformers alike); entries of equal token length
     share one batched call."""
     entries = [(emb, opts, "neg") for emb, opts in negative] if cfg != 1.0 else []
@@ -115,8 +97,8 @@ def guided(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, positive: Co
     for indices in by_length.values():
         context = torch.cat([entries[i][0].to(x.device, dtype).expand(batch, -1, -1) for i in indices])
         model_in = torch.cat([x] * len(indices)).to(dtype)
-        result = denoiser_output(family, unet, model_in, t, context, [entries[i][1] for i in indices],
-                                 [entries[i][2] == "neg" for i in indices])
+        result = denoiser(unet, model_in, t, context, [entries[i][1] for i in indices],
+                          [entries[i][2] == "neg" for i in indices])
         for i, chunk in zip(indices, result.chunk(len(indices))):
             outputs[i] = chunk
 
@@ -133,16 +115,6 @@ def guided(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, positive: Co
     return uncond + cfg * (cond - uncond)
 
 
-def _step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
-    params = inspect.signature(scheduler.step).parameters
-    kwargs: dict[str, Any] = {}
-    if "generator" in params:
-        kwargs["generator"] = generator
-    if "eta" in params:
-        kwargs["eta"] = 0.0
-    return kwargs
-
-
 def step_window(steps: int, denoise: float, start_step: int, end_step: int) -> tuple[int, int, int] | None:
     """(schedule length, first step, end step) as ComfyUI runs them: `denoise < 1` takes the last `steps` of a
     `steps / denoise` schedule, and start/end steps cut that window; None when there is nothing to run."""
@@ -154,88 +126,108 @@ def step_window(steps: int, denoise: float, start_step: int, end_step: int) -> t
     return (total, first, last) if first < last else None
 
 
-@torch.no_grad()
-def sample(model: ModelHandle, *, seed: int, steps: int, cfg: float, sampler_name: str, scheduler_name: str,
-           positive: Conditioning, negative: Conditioning, latent: dict[str, Any], denoise: float = 1.0,
-           add_noise: bool = True, start_step: int = 0, end_step: int = 10000, force_full_denoise: bool = True,
-           progress: Callable[[int, int], None] | None = None, preview: Callable[[Image.Image], None] | None = None,
-           check_interrupt: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Denoises `latent` and returns a new LATENT (the input's other entries, such as its noise mask, kept)."""
-    if model.family in FLOW_FAMILIES:
-        from latentgraph.nodes.sd.flow import sample_flow  # the flow loop builds on this module's helpers
+class SampledModel(Protocol):
+    """What the loop needs of a MODEL handle: its network for the run, its noise space and its denoiser call."""
 
-        return sample_flow(model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
-                           scheduler_name=scheduler_name, positive=positive, negative=negative, latent=latent,
-                           denoise=denoise, add_noise=add_noise, start_step=start_step, end_step=end_step,
-                           force_full_denoise=force_full_denoise, progress=progress, preview=preview,
-                           check_interrupt=check_interrupt)
+    def use(self) -> Any: ...
+
+    def noise_space(self, sampler_name: str, scheduler_name: str) -> NoiseSpace: ...
+
+    def denoiser(self) -> Denoiser: ...
+
+
+@dataclass
+class SamplingRequest:
+    """One sampling run, as KSampler and KSamplerAdvanced describe it (ComfyUI's names and defaults)."""
+
+    model: SampledModel
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler_name: str
+    positive: Conditioning
+    negative: Conditioning
+    latent: dict[str, Any]
+    denoise: float = 1.0
+    add_noise: bool = True
+    start_step: int = 0
+    end_step: int = 10000
+    force_full_denoise: bool = True
+    progress: Callable[[int, int], None] | None = None
+    preview: Callable[[Image.Image], None] | None = None
+    check_interrupt: Callable[[], None] | None = None
+
+
+class _Previews:
+    """Latent previews: the first and the last, and in between at most one per PREVIEW_INTERVAL."""
+
+    def __init__(self, send: Callable[[Image.Image], None] | None) -> None:
+        self.send = send
+        self.last = 0.0
+
+    def __call__(self, estimate: torch.Tensor, forced: bool) -> None:
+        if self.send is not None and (forced or time.monotonic() - self.last >= PREVIEW_INTERVAL):
+            self.send(latent_preview(estimate[0]))
+            self.last = time.monotonic()
+
+
+@torch.no_grad()
+def run(request: SamplingRequest) -> dict[str, Any]:
+    """Denoises the request's latent and returns a new LATENT (the input's other entries, such as its noise mask,
+    kept)."""
+    r = request
+    latent = r.latent
     samples_in = latent["samples"].float()
     out_latent = dict(latent)
-    window = step_window(steps, denoise, start_step, end_step)
+    window = step_window(r.steps, r.denoise, r.start_step, r.end_step)
     if window is None:
         return out_latent
     total, first, last = window
-    scheduler = make_scheduler(sampler_name, scheduler_name, model.scheduler_config, seed=seed)
-    scale = model.latent_scale
-    with model.use() as unet:
-        device = unet.device
-        scheduler.set_timesteps(total, device=device)
-        levels = _Noise(scheduler)
-        order = scheduler.order
-        timesteps = scheduler.timesteps
+    space = r.model.noise_space(r.sampler_name, r.scheduler_name)
+    denoiser = r.model.denoiser()
+    preview = _Previews(r.preview)
+    with r.model.use() as net:
+        device = net.device
+        space.set_timesteps(total, device)
+        order, timesteps = space.order, space.timesteps
         begin = first * order
         end = last * order if last < total else len(timesteps)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(begin)
-        x0 = samples_in.to(device) * scale
-        noise, generator = prepare_noise(samples_in, seed, latent.get("batch_index"))
+        space.set_begin_index(begin)
+        x0 = space.to_model(samples_in, device)
+        noise, generator = prepare_noise(samples_in, r.seed, latent.get("batch_index"))
         noise = noise.to(device)
-        if not add_noise:
-            x = levels.from_sigma_space(x0, timesteps[begin])
-        elif first == 0:
-            x = noise * scheduler.init_noise_sigma + levels.from_sigma_space(x0, timesteps[0])
-        else:
-            x = scheduler.add_noise(x0, noise, timesteps[begin:begin + 1])
+        x = space.initial(x0, noise, begin, r.add_noise)
         mask = _mask_for(latent, x.shape, device)
-        stop_early = force_full_denoise and last < total
+        stop_early = r.force_full_denoise and last < total
         final_first = (last - 1) * order
-        kwargs = _step_kwargs(scheduler, generator)
         clean: torch.Tensor | None = None
-        previewed = 0.0
         for n, i in enumerate(range(begin, end)):
-            if check_interrupt is not None:
-                check_interrupt()
-            t = timesteps[i]
-            output = guided(unet, scheduler.scale_model_input(x, t), t, positive, negative, cfg, model.family)
-            estimate = levels.denoised(x, output, t, model.prediction_type)
-            if preview is not None and (n == 0 or i + 1 == end or stop_early and i == final_first
-                                        or time.monotonic() - previewed >= PREVIEW_INTERVAL):
-                preview(latent_preview(estimate[0]))
-                previewed = time.monotonic()
+            if r.check_interrupt is not None:
+                r.check_interrupt()
+            output = guided(net, space.model_input(x, i), timesteps[i], r.positive, r.negative, r.cfg, denoiser)
+            estimate = space.denoised(x, output, i)
+            preview(estimate, n == 0 or i + 1 == end or stop_early and i == final_first)
             if stop_early and i == final_first:
                 clean = estimate
-                if progress is not None:
-                    progress(end - begin, end - begin)
+                if r.progress is not None:
+                    r.progress(end - begin, end - begin)
                 break
-            x = scheduler.step(output, t, x, **kwargs).prev_sample
+            x = space.step(output, i, x, generator)
             if mask is not None and i + 1 < end:
-                known = scheduler.add_noise(x0, noise, timesteps[i + 1:i + 2])
-                x = known * (1 - mask) + x * mask
-            if progress is not None:
-                progress(n + 1, end - begin)
-        if clean is not None:
-            result = clean
-        elif last < total:
-            result = levels.to_sigma_space(x, timesteps[end])
-        else:
-            result = x
-        result = result.float().cpu() / scale
+                x = space.noised(x0, noise, i + 1) * (1 - mask) + x * mask
+            if r.progress is not None:
+                r.progress(n + 1, end - begin)
+        leftover = clean is None and last < total
+        result = space.from_model(clean if clean is not None else space.leftover(x, end) if leftover else x)
     if mask is not None:
         mask = mask.cpu()
-        if clean is None and last < total:
-            known = samples_in + noise.cpu() * levels.sigma(timesteps[end]) / scale
-        else:
-            known = samples_in
+        known = samples_in + space.leftover_noise(noise.cpu(), end) / space.scale if leftover else samples_in
         result = known * (1 - mask) + result * mask
     out_latent["samples"] = result
     return out_latent
+
+
+def sample(model: SampledModel, **options: Any) -> dict[str, Any]:
+    """`run(SamplingRequest(model, **options))`, for scripts and tests that call the loop directly."""
+    return run(SamplingRequest(model=model, **options))
