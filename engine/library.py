@@ -222,7 +222,7 @@ def _input_spec(prompt: dict[str, Any], registry: Registry, env: Environment, no
         target_id, input_name = _split_ref(prompt, ref)
         target = prompt[target_id]
         class_type = target.get("class_type") if isinstance(target, dict) else None
-        if class_type in DECLARATION_CLASSES or class_type not in registry:
+        if not isinstance(class_type, str) or class_type in DECLARATION_CLASSES or class_type not in registry:
             raise KeyError(f"target {ref.strip()!r}: node {target_id} has unknown type {class_type!r}")
         spec = registry.spec(class_type).inputs.get(input_name)
         if spec is None or spec.hidden:
@@ -230,9 +230,9 @@ def _input_spec(prompt: dict[str, Any], registry: Registry, env: Environment, no
         if spec.socket:
             raise KeyError(f"target {ref.strip()!r}: {class_type}.{input_name} is a socket ({spec.type}), not a "
                            "widget; declare an input on the widget that feeds it")
-        current = (target.get("inputs") or {}).get(input_name)
-        if as_link(current) is not None:
-            raise KeyError(f"target {ref.strip()!r} is linked from node {current[0]}; point the input at the "
+        link = as_link((target.get("inputs") or {}).get(input_name))
+        if link is not None:
+            raise KeyError(f"target {ref.strip()!r} is linked from node {link.node}; point the input at the "
                            "widget of that node instead")
         one = constant_schema(spec, env)
         if schema is None:
@@ -246,8 +246,10 @@ def _input_spec(prompt: dict[str, Any], registry: Registry, env: Environment, no
     assert schema is not None
     description = _text(values.get("description"))
     schema = {"title": name, **({"description": description} if description else {}), **schema}
-    if default is not None:
+    if default is not None and ("enum" not in schema or default in schema["enum"]):
         schema["default"] = default
+    elif default is not None:  # e.g. a checkpoint that is not installed here: not a valid value, but say what it is
+        schema["x-workflow-default"] = default
     return WorkflowInputSpec(name, description, type_name, default, tuple(targets), schema, node_id)
 
 
@@ -359,13 +361,14 @@ def prepare(prompt: dict[str, Any], interface: Interface, values: dict[str, Any]
              for t in inp.targets}
     node_errors: dict[str, dict[str, Any]] = {}
     for node_id, entry in validation.node_errors.items():
-        rest = []
+        rest: list[dict[str, Any]] = []
         for err in entry["errors"]:
             node_input = (err.get("extra_info") or {}).get("input_name")
-            name = owner.get((node_id, node_input))
-            if name is None:
+            owning = owner.get((node_id, node_input)) if isinstance(node_input, str) else None
+            if owning is None or node_input is None:
                 rest.append(err)
                 continue
+            name = owning
             extra = {**err.get("extra_info", {}), "input_name": name, "node_id": node_id, "node_input": node_input}
             details = str(err.get("details", ""))
             if node_input and details.startswith(node_input):

@@ -19,6 +19,7 @@ from latentgraph.server import (
     routes_queue,
     routes_settings,
     routes_userdata,
+    routes_workflows,
 )
 from latentgraph.server.jsonio import json_errors
 from latentgraph.server.options import ServerOptions, is_loopback
@@ -54,7 +55,7 @@ def create_app(options: ServerOptions) -> web.Application:
                           client_max_size=options.max_json_bytes)
     app[STATE] = state
     for table in (routes_queue.routes, routes_files.routes, routes_info.routes, openapi.routes,
-                  routes_userdata.routes, routes_settings.routes, routes_i18n.routes):
+                  routes_userdata.routes, routes_settings.routes, routes_i18n.routes, routes_workflows.routes):
         add_api_routes(app, table)
     add_websocket_route(app)
     app.router.add_routes(routes_info.internal_routes)
