@@ -79,6 +79,11 @@ class Cache:
             self.hits += 1
             return entry
 
+    def peek(self, key: str) -> Entry | None:
+        """The entry under `key` without counting a hit or a miss or refreshing its age (for estimates)."""
+        with self._lock:
+            return self._entries.get(key)
+
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self._entries
