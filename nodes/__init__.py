@@ -31,6 +31,7 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.sd.image_nodes",
     "latentgraph.nodes.sd.nodes_sdxl",
     "latentgraph.nodes.sd.nodes_sd3",
+    "latentgraph.nodes.sd.upscale_model",
 ]
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"
