@@ -15,8 +15,10 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from latentgraph.server import api_models as M
 from latentgraph.server.files import folder_root, safe_path, store_upload, verify_image
 from latentgraph.server.jsonio import ApiError, parse_json
+from latentgraph.server.operations import operation
 from latentgraph.server.state import get_state
 from PIL import Image
 
@@ -49,6 +51,8 @@ def _converted(path: Any, preview: str | None, channel: str) -> tuple[bytes, str
 
 
 @routes.get("/view")
+@operation("A file from input/, output/ or temp/", response=bytes, response_media="image/*", query=M.ViewQuery,
+           errors=(400, 404))
 async def view(request: web.Request) -> web.StreamResponse:
     state = get_state(request)
     filename = request.query.get("filename")
@@ -125,6 +129,8 @@ async def _store(request: web.Request, fields: dict[str, str], filename: str, da
 
 
 @routes.post("/upload/image")
+@operation("Store an uploaded image (renamed 'name (1).png' on a clash unless identical)", body=M.UploadForm,
+           body_media="multipart/form-data", response=M.UploadAnswer, errors=(400, 404, 413))
 async def upload_image(request: web.Request) -> web.Response:
     fields, filename, data = await _read_upload(request)
     await asyncio.to_thread(verify_image, data)
@@ -145,6 +151,8 @@ def _apply_mask(original_path: Any, mask_data: bytes) -> bytes:
 
 
 @routes.post("/upload/mask")
+@operation("Store the original image with the uploaded mask's alpha", body=M.MaskUploadForm,
+           body_media="multipart/form-data", response=M.UploadAnswer, errors=(400, 404, 413))
 async def upload_mask(request: web.Request) -> web.Response:
     state = get_state(request)
     fields, filename, data = await _read_upload(request)

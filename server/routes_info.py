@@ -10,7 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
+from latentgraph.server import api_models as M
 from latentgraph.server.jsonio import ApiError
+from latentgraph.server.operations import operation
 from latentgraph.server.routes_static import EDITOR_EXTENSIONS
 from latentgraph.server.state import get_state
 
@@ -74,6 +76,7 @@ def system_stats() -> dict[str, Any]:
 
 
 @routes.get("/object_info")
+@operation("Every node class: inputs, outputs, category", response=M.ObjectInfo, errors=())
 async def object_info(request: web.Request) -> web.Response:
     executor = get_state(request).executor
     info = await asyncio.to_thread(executor.registry.object_info, executor.env)
@@ -81,6 +84,7 @@ async def object_info(request: web.Request) -> web.Response:
 
 
 @routes.get("/object_info/{node_class}")
+@operation("One node class ({} if unknown)", response=M.ObjectInfo, errors=())
 async def object_info_one(request: web.Request) -> web.Response:
     executor = get_state(request).executor
     name = request.match_info["node_class"]
@@ -91,11 +95,13 @@ async def object_info_one(request: web.Request) -> web.Response:
 
 
 @routes.get("/system_stats")
+@operation("System and device information", response=M.SystemStats, errors=())
 async def get_system_stats(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(system_stats))
 
 
 @routes.get("/embeddings")
+@operation("Embedding names", response=M.StringList, errors=())
 async def embeddings(request: web.Request) -> web.Response:
     folders = get_state(request).executor.env.folders
     names = await asyncio.to_thread(folders.list, "embeddings")
@@ -103,12 +109,14 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 @routes.get("/extensions")
+@operation("Editor extension scripts", response=M.StringList, errors=())
 async def extensions(request: web.Request) -> web.Response:
     """Editor extension scripts: latentgraph's own (server/routes_static.py); its nodes are plain Python."""
     return web.json_response(EDITOR_EXTENSIONS)
 
 
 @routes.get("/features")
+@operation("Server feature flags", response=M.Features, errors=())
 async def features(request: web.Request) -> web.Response:
     return web.json_response(server_feature_flags(get_state(request).options.max_upload_bytes))
 
@@ -118,11 +126,13 @@ def server_feature_flags(max_upload_bytes: int) -> dict[str, Any]:
 
 
 @routes.get("/models")
+@operation("Model folder kinds", response=M.StringList, errors=())
 async def model_folders(request: web.Request) -> web.Response:
     return web.json_response(get_state(request).executor.env.folders.kinds())
 
 
 @routes.get("/models/{folder}")
+@operation("Model files of one kind", response=M.StringList, errors=(404,))
 async def model_files(request: web.Request) -> web.Response:
     folders = get_state(request).executor.env.folders
     folder = request.match_info["folder"]
@@ -132,6 +142,8 @@ async def model_files(request: web.Request) -> web.Response:
 
 
 @routes.get("/experiment/models")
+@operation("Model folder kinds with their folders (the editor's model library)", response=list[M.ModelFolder],
+           errors=())
 async def model_kinds(request: web.Request) -> web.Response:
     folders = get_state(request).executor.env.folders
     return web.json_response([{"name": kind, "folders": [str(f) for f in folders.folders(kind)]}
@@ -139,6 +151,7 @@ async def model_kinds(request: web.Request) -> web.Response:
 
 
 @routes.get("/experiment/models/{folder}")
+@operation("Model files of one kind (the editor's model library)", response=list[M.ModelFile], errors=(404,))
 async def model_list(request: web.Request) -> web.Response:
     folders = get_state(request).executor.env.folders
     kind = request.match_info["folder"]

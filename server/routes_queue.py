@@ -10,7 +10,9 @@ from typing import Any
 
 from aiohttp import web
 from latentgraph.engine.validate import validate
+from latentgraph.server import api_models as M
 from latentgraph.server.jsonio import ApiError, id_list, json_answer, query_int, read_object
+from latentgraph.server.operations import operation
 from latentgraph.server.queue import JOB_STATUSES, STORAGE_HINT, DuplicatePromptId, StorageError, now_ms
 from latentgraph.server.state import get_state
 from latentgraph.server.uiformat import ConversionError, is_ui_format, ui_to_api
@@ -53,6 +55,7 @@ async def accept_ui_workflow(body: dict[str, Any], request: web.Request) -> dict
 
 
 @routes.post("/prompt")
+@operation("Validate and queue a workflow", body=M.PromptRequest, response=M.PromptAnswer, errors=(400, 413))
 async def post_prompt(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await accept_ui_workflow(await read_object(request, state.options.max_prompt_bytes), request)
@@ -112,11 +115,13 @@ async def post_prompt(request: web.Request) -> web.Response:
 
 
 @routes.get("/prompt")
+@operation("Queue size", response=M.QueueStatus, errors=())
 async def get_prompt(request: web.Request) -> web.Response:
     return web.json_response(get_state(request).queue_status())
 
 
 @routes.get("/queue")
+@operation("Running and pending prompts", response=M.QueueListing, errors=())
 async def get_queue(request: web.Request) -> web.Response:
     queue = get_state(request).queue
     return web.json_response({
@@ -126,6 +131,7 @@ async def get_queue(request: web.Request) -> web.Response:
 
 
 @routes.post("/queue")
+@operation("Clear the pending queue or delete pending prompts", body=M.ClearOrDelete)
 async def post_queue(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await read_object(request, state.options.max_json_bytes)
@@ -138,6 +144,7 @@ async def post_queue(request: web.Request) -> web.Response:
 
 
 @routes.post("/interrupt")
+@operation("Interrupt the running prompt (only prompt_id's, when given)", body=M.InterruptRequest, body_required=False)
 async def post_interrupt(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await read_object(request, state.options.max_json_bytes, allow_empty=True)
@@ -149,6 +156,7 @@ async def post_interrupt(request: web.Request) -> web.Response:
 
 
 @routes.post("/free")
+@operation("Free cached results and unload models between prompts", body=M.FreeRequest, body_required=False)
 async def post_free(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await read_object(request, state.options.max_json_bytes, allow_empty=True)
@@ -160,6 +168,7 @@ async def post_free(request: web.Request) -> web.Response:
 
 
 @routes.get("/history")
+@operation("Finished prompts, oldest first", response=M.History, query=M.HistoryQuery)
 async def get_history(request: web.Request) -> web.Response:
     max_items = query_int(request, "max_items", None, minimum=1)
     offset = query_int(request, "offset", None, minimum=-1)
@@ -168,6 +177,7 @@ async def get_history(request: web.Request) -> web.Response:
 
 
 @routes.get("/history/{prompt_id}")
+@operation("One prompt: finished, or pending/running with that status; {} if unknown", response=M.History, errors=())
 async def get_history_item(request: web.Request) -> web.Response:
     prompt_id = request.match_info["prompt_id"]
     entry = get_state(request).queue.lookup(prompt_id)
@@ -175,6 +185,7 @@ async def get_history_item(request: web.Request) -> web.Response:
 
 
 @routes.post("/history")
+@operation("Clear history or delete entries", body=M.ClearOrDelete)
 async def post_history(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await read_object(request, state.options.max_json_bytes)
@@ -186,6 +197,7 @@ async def post_history(request: web.Request) -> web.Response:
 
 
 @routes.get("/jobs")
+@operation("Queue and history as one paginated list of jobs", response=M.JobList, query=M.JobsQuery)
 async def get_jobs(request: web.Request) -> web.Response:
     query = request.query
     statuses = None
@@ -218,6 +230,7 @@ def _job_or_404(request: web.Request) -> dict[str, Any]:
 
 
 @routes.get("/jobs/{job_id}")
+@operation("One job with its outputs and workflow", response=M.Job, errors=(404,))
 async def get_job(request: web.Request) -> web.Response:
     state = get_state(request)
     job = _job_or_404(request)
@@ -228,6 +241,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 @routes.post("/jobs/{job_id}/cancel")
+@operation("Cancel a pending job or interrupt a running one", response=M.CancelAnswer, errors=(404, 409))
 async def cancel_job(request: web.Request) -> web.Response:
     """Ends a job wherever it is: a pending one leaves the queue, a running one is interrupted."""
     state = get_state(request)

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from latentgraph.server import api_models as M
 from latentgraph.server.jsonio import ApiError
+from latentgraph.server.operations import operation
 from latentgraph.server.userfiles import json_body, user_root, write_atomically
 
 routes = web.RouteTableDef()
@@ -35,11 +37,13 @@ def write_settings(root: Path, settings: dict[str, Any]) -> None:
 
 
 @routes.get("/settings")
+@operation("Every setting", response=M.Settings, errors=())
 async def get_settings(request: web.Request) -> web.Response:
     return web.json_response({**DEFAULT_SETTINGS, **read_settings(user_root(request))})
 
 
 @routes.post("/settings")
+@operation("Update settings (merged into the stored ones)", body=M.Settings, response=M.Empty, errors=(400, 413))
 async def post_settings(request: web.Request) -> web.Response:
     update = await json_body(request)
     if not isinstance(update, dict):
@@ -51,11 +55,13 @@ async def post_settings(request: web.Request) -> web.Response:
 
 
 @routes.get("/settings/{id}")
+@operation("One setting (null if unset)", response=M.AnyJson, errors=())
 async def get_setting(request: web.Request) -> web.Response:
     return web.json_response({**DEFAULT_SETTINGS, **read_settings(user_root(request))}.get(request.match_info["id"]))
 
 
 @routes.post("/settings/{id}")
+@operation("Set one setting", body=M.AnyJson, response=M.Empty, errors=(400, 413))
 async def post_setting(request: web.Request) -> web.Response:
     value = await json_body(request)
     root = user_root(request)

@@ -7,7 +7,9 @@ import shutil
 from typing import Any
 
 from aiohttp import web
+from latentgraph.server import api_models as M
 from latentgraph.server.jsonio import ApiError
+from latentgraph.server.operations import operation
 from latentgraph.server.userfiles import body_bytes, file_info, query_flag, safe_user_path, user_root, write_atomically
 
 routes = web.RouteTableDef()
@@ -17,12 +19,14 @@ EMPTY_USER_FILES = {"user.css": ("", "text/css"), "comfy.templates.json": ("[]",
 
 
 @routes.get("/users")
+@operation("Single-user mode (no user picker)", response=M.Users, errors=())
 async def users(request: web.Request) -> web.Response:
     """Single-user mode: no `users` key, so the editor skips its user picker."""
     return web.json_response({"storage": "server", "migrated": True})
 
 
 @routes.get("/userdata")
+@operation("Files in the user folder", response=M.UserDataListing, query=M.UserDataQuery)
 async def list_userdata(request: web.Request) -> web.Response:
     root = user_root(request)
     folder = safe_user_path(root, request.query["dir"]) if request.query.get("dir") else root
@@ -44,6 +48,8 @@ async def list_userdata(request: web.Request) -> web.Response:
 
 
 @routes.get("/userdata/{file}")
+@operation("One user file (URL-encode slashes)", response=bytes, response_media="application/octet-stream",
+           errors=(400, 404))
 async def get_userdata(request: web.Request) -> web.StreamResponse:
     name = request.match_info["file"]
     path = safe_user_path(user_root(request), name)
@@ -56,6 +62,8 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/userdata/{file}")
+@operation("Write a user file atomically", body=bytes, body_media="application/octet-stream",
+           query=M.UserDataWriteQuery, response=M.UserFileWritten, errors=(400, 409, 413))
 async def post_userdata(request: web.Request) -> web.Response:
     root = user_root(request)
     path = safe_user_path(root, request.match_info["file"])
@@ -70,6 +78,7 @@ async def post_userdata(request: web.Request) -> web.Response:
 
 
 @routes.delete("/userdata/{file}")
+@operation("Delete a user file", status=204, errors=(400, 404))
 async def delete_userdata(request: web.Request) -> web.Response:
     path = safe_user_path(user_root(request), request.match_info["file"])
     if not path.is_file():
@@ -79,6 +88,7 @@ async def delete_userdata(request: web.Request) -> web.Response:
 
 
 @routes.post("/userdata/{file}/move/{dest}")
+@operation("Rename a user file", query=M.UserDataWriteQuery, response=M.UserFileWritten, errors=(400, 404, 409))
 async def move_userdata(request: web.Request) -> web.Response:
     root = user_root(request)
     source = safe_user_path(root, request.match_info["file"])
