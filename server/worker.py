@@ -8,12 +8,14 @@ that fetches /history on that message always finds its outputs there.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from latentgraph.engine.executor import Executor
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 HISTORY_EVENTS = ("execution_start", "execution_cached", "execution_success", "execution_error",
                   "execution_interrupted")
 IDLE_POLL_S = 1.0
+WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 STORAGE_RETRY_S = 2.0
 
 
@@ -44,7 +47,7 @@ class Worker:
     """One thread, one prompt at a time; `interrupt`, `request_free` and `stop` may be called from any thread."""
 
     def __init__(self, executor: Executor, queue: PromptQueue, hub: Hub, on_queue_change: Callable[[], None], *,
-                 preview_interval_s: float = 0.1, preview_max_size: int = 512) -> None:
+                 preview_interval_s: float = 0.1, preview_max_size: int = 512, warm_up: bool = True) -> None:
         self.executor = executor
         self.queue = queue
         self.hub = hub
@@ -56,10 +59,38 @@ class Worker:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.warm_up = warm_up
+        self.warmed = threading.Event()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="latentgraph-worker", daemon=True)
         self._thread.start()
+        if self.warm_up:
+            threading.Thread(target=self._warm_up, name="latentgraph-warm-up", daemon=True).start()
+        else:
+            self.warmed.set()
+
+    def _warm_up(self) -> None:
+        """First-time work, done right after start-up instead of inside the first request: the node list (model
+        folder scans) and a validation of every shipped workflow, which imports what node checks import lazily
+        (diffusers' schedulers: ~10 s). In a request, that stalled every client for seconds."""
+        started = time.monotonic()
+        try:
+            self.executor.registry.object_info(self.executor.env)
+            for path in sorted(WORKFLOWS_DIR.glob("*.json")) if WORKFLOWS_DIR.is_dir() else []:
+                if self._stopping.is_set():
+                    break
+                try:
+                    prompt = json.loads(path.read_text(encoding="utf-8"))
+                    if isinstance(prompt, dict) and "nodes" not in prompt:
+                        self.executor.validate(prompt)
+                except Exception as exc:  # a warm-up failure is no server failure
+                    log.debug("warm-up validation of %s failed: %r", path.name, exc)
+        except Exception:
+            log.exception("warm-up failed; the first request will do its work instead")
+        finally:
+            log.info("warm-up done in %.1f s", time.monotonic() - started)
+            self.warmed.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stops after the current prompt, which is interrupted (and recorded as such)."""
