@@ -24,7 +24,8 @@ from tests.server.helpers import image_prompt, options_for
 NOT_API = {
     "/": "the editor's page",
     "/user.css": "the editor's user stylesheet",
-    "/latentgraph/default-workflow.js": "the editor extension script",
+    "/latentgraph/default-workflow.js": "an editor extension script",
+    "/latentgraph/insight.js": "an editor extension script",
     "/ws": "the WebSocket, described in info.description",
     "/templates/{name}": "the editor's template browser files",
 }
@@ -80,6 +81,10 @@ async def test_every_served_route_is_in_the_spec_and_every_spec_operation_is_ser
     assert not missing, f"served but not in /openapi.json (add an @operation): {missing}"
     unserved = sorted(pair for pair in documented if not _covered(*pair, served))
     assert not unserved, f"in /openapi.json but not served: {unserved}"
+    raw = {(r.method.lower(), r.resource.canonical) for r in client.server.app.router.routes() if r.resource}
+    not_mirrored = sorted((method, path) for method, path in documented
+                          if not (_covered(method, path, raw) and _covered(method, "/api" + path, raw)))
+    assert not not_mirrored, f"documented but not served at both / and /api: {not_mirrored}"
 
 
 def test_an_undeclared_route_is_left_out_so_the_coverage_check_catches_it(base_dir: Path) -> None:
