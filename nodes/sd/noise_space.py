@@ -87,6 +87,10 @@ class NoiseSpace:
 def _step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
     params = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}
+    if hasattr(scheduler, "noise_sampler_seed"):
+        # DPMSolverSDE's Brownian tree takes a seed, not a generator; unseeded it follows torch's global RNG and
+        # the same KSampler seed gives a new image each run. Seed it, as ComfyUI does, with the node's seed.
+        scheduler.noise_sampler_seed = generator.initial_seed()
     if "generator" in params:
         kwargs["generator"] = generator
     if "eta" in params:
