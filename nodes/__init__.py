@@ -21,6 +21,8 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.image_edit",
     "latentgraph.nodes.mask_nodes",
     "latentgraph.nodes.latent_ops",
+    "latentgraph.nodes.primitive_nodes",
+    "latentgraph.nodes.animated_nodes",
     "latentgraph.nodes.workflow_io",
     "latentgraph.nodes.sd.loader_nodes",
     "latentgraph.nodes.sd.text_nodes",
