@@ -194,15 +194,15 @@ def _input_spec(name: str, info: FieldInfo) -> InputSpec:
     options = info.json_schema_extra if isinstance(info.json_schema_extra, InputOptions) else InputOptions()
     socket = _socket_in(info.annotation, info.metadata)
     default = info.default if info.default is not Ellipsis and not info.is_required() else ...
+    adapter: TypeAdapter[Any] | None
     if socket is not None:
         type_name, literal, adapter = socket.name, None, None
     else:
         type_name, literal = _type_name(info.annotation)
         if options.choices is not None:
             type_name = "COMBO"
-        adapter = None if options.hidden else TypeAdapter(
-            Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        )
+        annotated = (info.annotation, *info.metadata)  # Annotated[...] needs the tuple form on Python 3.10
+        adapter = None if options.hidden else TypeAdapter(Annotated[annotated] if info.metadata else info.annotation)
     editor = dict(options.editor)
     for constraint in info.metadata:
         for attr, key in (("ge", "min"), ("le", "max")):

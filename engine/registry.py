@@ -23,6 +23,10 @@ class Registry:
     def get(self, name: str) -> type[Node] | None:
         return self._classes.get(name)
 
+    def __getitem__(self, name: str) -> type[Node]:
+        """The class of a node known to be registered (KeyError otherwise); `get` for a maybe."""
+        return self._classes[name]
+
     def spec(self, name: str) -> NodeSpec:
         return node_spec(self._classes[name])
 

@@ -50,7 +50,8 @@ class Validation:
         return {"error": self.error, "node_errors": self.node_errors}
 
     def summary(self) -> str:
-        lines = [f"{self.error['message']}" + (f": {self.error['details']}" if self.error.get("details") else "")]
+        error = self.error or {"message": "Prompt is valid"}
+        lines = [f"{error['message']}" + (f": {error['details']}" if error.get("details") else "")]
         for node_id, entry in self.node_errors.items():
             for err in entry["errors"]:
                 name = err["extra_info"].get("input_name")
@@ -110,7 +111,7 @@ def _check_constant(spec: InputSpec, value: Any, env: Environment,
             message = "Value not in list"
         else:
             message = f"Failed to convert an input value to a {spec.type} value"
-        details = f"{spec.name}: {value!r} not in {list(spec.literal_choices)}" if kind == "value_not_in_list" \
+        details = f"{spec.name}: {value!r} not in {list(spec.literal_choices or ())}" if kind == "value_not_in_list" \
             else f"{spec.name}, {value!r}, {err['msg']}"
         return value, [_error(kind, message, details, **info)]
     if spec.choices_fn is not None:
@@ -168,7 +169,7 @@ class _Graph:
         return order, {node for node in self.parents if node not in placed}
 
     def as_networkx(self, nodes: set[str] | None = None) -> nx.DiGraph:
-        graph = nx.DiGraph()
+        graph: nx.DiGraph = nx.DiGraph()
         keep = self.parents.keys() if nodes is None else nodes
         graph.add_nodes_from(keep)
         graph.add_edges_from((p, n) for n in keep for p in self.parents[n] if p in keep)
@@ -280,7 +281,7 @@ def _validate(data: Any, registry: Registry, env: Environment, outputs: list[str
 
     graph = _Graph.of(prompt)
     known = [n for n, node in prompt.items() if node.class_type in registry]
-    output_ids = [n for n in known if registry.get(prompt[n].class_type).OUTPUT_NODE]
+    output_ids = [n for n in known if registry[prompt[n].class_type].OUTPUT_NODE]
     if outputs is not None:
         missing = [o for o in outputs if o not in prompt]
         if missing:
@@ -302,7 +303,7 @@ def _validate(data: Any, registry: Registry, env: Environment, outputs: list[str
         for name, inp in spec.inputs.items():
             if inp.hidden:
                 continue
-            info = {"input_name": name, "input_config": [inp.type, inp.options]}
+            info: dict[str, Any] = {"input_name": name, "input_config": [inp.type, inp.options]}
             if name not in node.inputs:
                 if inp.required and not inp.has_default:
                     errs.append(_error("required_input_missing", "Required input is missing", name, **info))
