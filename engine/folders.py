@@ -114,10 +114,13 @@ class Folders:
         return sorted(names)
 
     def find(self, kind: str, name: str) -> Path:
-        """The file `name` of this kind; names that would leave their folder are not found."""
+        """The file `name` of this kind. A name that leaves its folder as written ('..', an absolute path) is not
+        found, but a symlink inside the folder is followed wherever it points: shared model collections are often
+        links into another disk, and `list` shows them (uploads and /view stay strict; they do not come here)."""
         for folder in self.folders(kind):
-            candidate = (folder / name).resolve()
-            if candidate.is_relative_to(folder.resolve()) and candidate.is_file():
-                return candidate
+            root = Path(os.path.normpath(folder))
+            candidate = Path(os.path.normpath(root / name))
+            if candidate.is_relative_to(root) and candidate != root and candidate.is_file():
+                return candidate.resolve()
         searched = ", ".join(str(f) for f in self.folders(kind))
         raise FileNotFoundError(f"{kind} file {name!r} not found (searched: {searched})")

@@ -31,6 +31,25 @@ def test_find_refuses_names_that_leave_the_folder(tmp_path):
         folders.find("checkpoints", "../../secret.safetensors")
 
 
+def test_symlinks_inside_a_model_folder_are_listed_and_found(tmp_path):
+    """A shared collection links files and folders from elsewhere; what `list` shows, `find` must load."""
+    folders = Folders(tmp_path / "base")
+    touch(tmp_path / "disk" / "sd15.safetensors", b"weights")
+    touch(tmp_path / "disk" / "more" / "xl.safetensors")
+    root = tmp_path / "base" / "models" / "checkpoints"
+    root.mkdir(parents=True)
+    os.symlink(tmp_path / "disk" / "sd15.safetensors", root / "sd15.safetensors")
+    os.symlink(tmp_path / "disk" / "more", root / "linked")
+    assert folders.list("checkpoints") == ["linked/xl.safetensors", "sd15.safetensors"]
+    assert folders.find("checkpoints", "sd15.safetensors").read_bytes() == b"weights"
+    found = folders.find("checkpoints", "linked/xl.safetensors")
+    assert found == (tmp_path / "disk" / "more" / "xl.safetensors").resolve()
+    for escape in ("../../disk/sd15.safetensors", "linked/../../../disk/sd15.safetensors",
+                   str(tmp_path / "disk" / "sd15.safetensors")):
+        with pytest.raises(FileNotFoundError, match="not found"):
+            folders.find("checkpoints", escape)
+
+
 def test_listing_follows_added_and_removed_files_in_nested_folders(tmp_path):
     folders = Folders(tmp_path)
     root = tmp_path / "models" / "checkpoints"
