@@ -409,6 +409,109 @@ def describe(version: WorkflowVersion, interface: Interface | None, error: str |
     return entry
 
 
+# -- workflows used as nodes -----------------------------------------------------------------------------------
+
+WORKFLOW_NODE_PREFIX = "Workflow: "
+MAX_NESTING = 8
+
+
+class ExpansionError(ValueError):
+    """A workflow node that cannot be expanded: unknown workflow, a workflow that contains itself, bad declarations."""
+
+    def __init__(self, node_id: str, message: str) -> None:
+        super().__init__(f"node {node_id}: {message}")
+        self.node_id = node_id
+
+
+def workflow_node_name(name: str) -> str:
+    """The class_type of the node that stands for library workflow `name` (pinned as NAME@VERSION if wanted)."""
+    return WORKFLOW_NODE_PREFIX + name
+
+
+def _is_workflow_node(node: Any) -> bool:
+    return isinstance(node, dict) and str(node.get("class_type", "")).startswith(WORKFLOW_NODE_PREFIX)
+
+
+def expand_workflow_nodes(data: Any, registry: Registry, env: Environment, library: Library | None = None) -> Any:
+    """The prompt with every `Workflow: NAME` node replaced by that workflow's nodes, before validation.
+
+    Inner nodes get ids `OUTER:INNER` (as the editor's subgraphs do); the outer node's constants and links are
+    written into the widgets its inputs declare, and links from its outputs go to what feeds the inner workflow's
+    declared outputs. Inner output nodes (its SaveImage) and declarations are dropped: the outer workflow decides
+    what to save. Nothing else changes, so every inner node has the content key it has when the inner workflow runs
+    alone, and the cache is shared. A prompt without workflow nodes is returned as it is, without touching disk.
+    """
+    if not isinstance(data, dict) or not any(_is_workflow_node(node) for node in data.values()):
+        return data
+    return _expand(data, registry, env, library or Library.for_environment(env), ())
+
+
+def _prefixed(node: dict[str, Any], prefix: str) -> dict[str, Any]:
+    inputs = {}
+    for key, value in (node.get("inputs") or {}).items():
+        link = as_link(value)
+        inputs[key] = [prefix + link.node, link.index] if link is not None else copy.deepcopy(value)
+    return {**node, "inputs": inputs}
+
+
+def _output_source(prompt: dict[str, Any], out: WorkflowOutputSpec, registry: Registry) -> tuple[str, int]:
+    if out.index is not None:
+        return out.node, out.index
+    node = prompt[out.node]
+    for inp in registry.spec(node["class_type"]).inputs.values():
+        link = as_link((node.get("inputs") or {}).get(inp.name))
+        if inp.socket and link is not None:
+            return link.node, link.index
+    raise KeyError(f"output {out.name!r}: node {out.node} has no linked input to take the value from")
+
+
+def _expand(prompt: dict[str, Any], registry: Registry, env: Environment, library: Library,
+            stack: tuple[str, ...]) -> dict[str, Any]:
+    expanded: dict[str, Any] = {}
+    sources: dict[str, list[tuple[str, int]]] = {}  # outer workflow node -> what its outputs stand for
+    for node_id, node in prompt.items():
+        if not _is_workflow_node(node):
+            expanded[node_id] = node
+            continue
+        ref = node["class_type"][len(WORKFLOW_NODE_PREFIX):].strip()
+        if ref.partition("@")[0] in {s.partition("@")[0] for s in stack}:
+            raise ExpansionError(node_id, f"workflow {ref!r} contains itself ({' > '.join((*stack, ref))})")
+        if len(stack) >= MAX_NESTING:
+            raise ExpansionError(node_id, f"workflows are nested more than {MAX_NESTING} deep")
+        try:
+            version = library.get(ref)
+            interface = extract_interface(version.prompt, registry, env)
+            inner = _expand(copy.deepcopy(version.prompt), registry, env, library, (*stack, ref))
+            prefix = f"{node_id}:"
+            kept = {prefix + inner_id: _prefixed(inner_node, prefix) for inner_id, inner_node in inner.items()
+                    if inner_node.get("class_type") not in DECLARATION_CLASSES
+                    and not getattr(registry.get(inner_node.get("class_type")), "OUTPUT_NODE", False)}
+            for name, value in (node.get("inputs") or {}).items():
+                inp = interface.inputs.get(name)
+                if inp is None:
+                    continue
+                for target in (t for t in inp.targets if prefix + t.node in kept):
+                    kept[prefix + target.node]["inputs"][target.input] = (
+                        value if as_link(value) is not None else copy.deepcopy(value))
+            sources[node_id] = []
+            for out in interface.outputs.values():
+                source, index = _output_source(inner, out, registry)
+                sources[node_id].append((prefix + source, index))
+        except (WorkflowNotFound, InterfaceError, KeyError) as exc:
+            raise ExpansionError(node_id, str(exc.args[0] if exc.args else exc)) from exc
+        expanded.update(kept)
+    for node_id, node in expanded.items():  # links to a workflow node go to what its outputs stand for
+        for key, value in (node.get("inputs") or {}).items():
+            link = as_link(value)
+            if link is not None and link.node in sources:
+                outs = sources[link.node]
+                if not 0 <= link.index < len(outs):
+                    raise ExpansionError(node_id, f"input {key!r} is linked to output {link.index} of workflow node "
+                                                  f"{link.node}, which has {len(outs)} output(s)")
+                expanded[node_id] = node = {**node, "inputs": {**node["inputs"], key: list(outs[link.index])}}
+    return expanded
+
+
 # -- the library ---------------------------------------------------------------------------------------------------
 
 
@@ -565,5 +668,6 @@ class Library:
 
 __all__ = [
     "Interface", "InterfaceError", "Library", "Prepared", "Target", "WorkflowInputSpec", "WorkflowNotFound",
-    "WorkflowOutputSpec", "WorkflowVersion", "bind", "content_hash", "describe", "extract_interface", "prepare",
+    "WorkflowOutputSpec", "WorkflowVersion", "bind", "content_hash", "describe", "expand_workflow_nodes",
+    "extract_interface", "prepare", "workflow_node_name",
 ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from latentgraph.engine.context import Environment
 from latentgraph.engine.node import Node, NodeSpec, node_spec
+
+Expander = Callable[[Any, "Registry", Environment], Any]
 
 
 class Registry:
@@ -14,6 +17,18 @@ class Registry:
     def __init__(self) -> None:
         self._classes: dict[str, type[Node]] = {}
         self.load_errors: list[tuple[str, str]] = []
+        self.expanders: list[Expander] = []
+
+    def add_expander(self, expander: Expander) -> None:
+        """Adds a rewrite applied to every workflow before validation (e.g. saved workflows used as nodes become
+        their inner nodes), so that what runs, and what the cache sees, is plain nodes."""
+        self.expanders.append(expander)
+
+    def expand(self, data: Any, env: Environment) -> Any:
+        """The workflow after every expander; an expander raises ValueError for a workflow it cannot expand."""
+        for expander in self.expanders:
+            data = expander(data, self, env)
+        return data
 
     def register(self, cls: type[Node]) -> type[Node]:
         node_spec(cls)  # a malformed declaration fails here, at load time, not at run time

@@ -264,8 +264,8 @@ def _validate(data: Any, registry: Registry, env: Environment, outputs: list[str
               time_budget_s: float | None) -> Validation:
     deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     try:
-        prompt = parse_prompt(data)
-    except PromptFormatError as exc:
+        prompt = parse_prompt(registry.expand(data, env))
+    except (PromptFormatError, ValueError) as exc:  # not a workflow, or refused (an unknown saved workflow)
         return Validation(ok=False, error=_error("invalid_prompt", "Invalid prompt", str(exc)))
 
     node_errors: dict[str, list[dict[str, Any]]] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 from latentgraph.engine.context import Environment
+from latentgraph.engine.library import expand_workflow_nodes
 from latentgraph.engine.node import Node
 from latentgraph.engine.registry import Registry
 
@@ -52,6 +53,7 @@ def _modules() -> list[ModuleType]:
 def load_registry(plugins: bool = True) -> Registry:
     """Every built-in node, then every plugin; a plugin that fails to load is reported, never fatal."""
     registry = Registry()
+    registry.add_expander(expand_workflow_nodes)  # saved workflows used as nodes (`Workflow: NAME`)
     for module in _modules():
         _register_module(registry, module)
     if plugins:
