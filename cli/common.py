@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from latentgraph.engine.executor import Executor
+from latentgraph.engine.workflow_format import WorkflowFileError as WorkflowFileError  # re-exported for commands
+from latentgraph.engine.workflow_format import load_workflow
 from latentgraph.nodes import load_registry, make_environment
-from latentgraph.server.workflow_files import WorkflowFileError as WorkflowFileError  # re-exported for the commands
-from latentgraph.server.workflow_files import load_workflow
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 

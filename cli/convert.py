@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from latentgraph.cli.common import EXIT_INVALID, EXIT_OK
-from latentgraph.server.uiformat import api_to_ui
-from latentgraph.server.workflow_files import conversion_object_info, load_workflow
+from latentgraph.engine.workflow_format import api_to_ui, load_workflow
+from latentgraph.nodes import load_registry, make_environment
+
+
+def conversion_object_info() -> dict[str, Any]:
+    """object_info of every installed node, for converting UI workflows (only types and input order matter)."""
+    with tempfile.TemporaryDirectory(prefix="latentgraph-convert-") as scratch:
+        return load_registry().object_info(make_environment(Path(scratch)))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -20,7 +20,7 @@ from latentgraph.cli.common import (
 )
 from latentgraph.cli.workflows import InvalidInputs, WorkflowHelp, add_workflows_dir_argument, load_for_run
 from latentgraph.engine.validate import InvalidPrompt
-from latentgraph.server.uiformat import api_to_ui
+from latentgraph.engine.workflow_format import api_to_ui
 from tqdm import tqdm
 
 

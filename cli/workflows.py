@@ -38,7 +38,7 @@ from latentgraph.engine.library import (
     parse_text_value,
     prepare,
 )
-from latentgraph.server.uiformat import ui_to_api
+from latentgraph.engine.workflow_format import ui_to_api
 
 
 class InvalidInputs(ValueError):

@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import web
 from latentgraph.engine.validate import validate
+from latentgraph.engine.workflow_format import ConversionError, is_ui_format, ui_to_api
 from latentgraph.server import api_models as M
 from latentgraph.server.jsonio import ApiError, id_list, json_answer, query_int, read_object
 from latentgraph.server.operations import operation
 from latentgraph.server.queue import JOB_STATUSES, STORAGE_HINT, DuplicatePromptId, StorageError, now_ms
 from latentgraph.server.state import get_state
-from latentgraph.server.uiformat import ConversionError, is_ui_format, ui_to_api
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from latentgraph.engine.workflow_format import api_to_ui, is_ui_format
 from latentgraph.server.jsonio import ApiError
 from latentgraph.server.state import get_state
-from latentgraph.server.uiformat import api_to_ui, is_ui_format
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 FIRST_TEMPLATE = "txt2img"

@@ -36,10 +36,10 @@ from latentgraph.engine.library import (
     extract_interface,
     prepare,
 )
+from latentgraph.engine.workflow_format import ui_to_api
 from latentgraph.server.jsonio import ApiError, json_answer, read_object
 from latentgraph.server.queue import now_ms
 from latentgraph.server.state import ServerState, get_state
-from latentgraph.server.uiformat import ui_to_api
 
 routes = web.RouteTableDef()
 

@@ -96,7 +96,7 @@ async def test_first_visit_is_sent_to_txt2img_then_not_again(client) -> None:
 
 
 async def test_post_prompt_accepts_the_editor_format(client, base_dir: Path) -> None:
-    from latentgraph.server.uiformat import api_to_ui
+    from latentgraph.engine.workflow_format import api_to_ui
 
     info = await (await client.get("/api/object_info")).json()
     ui = api_to_ui(image_prompt("fromui"), info)

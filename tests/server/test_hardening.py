@@ -22,7 +22,7 @@ from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node, NodeOutput
 from latentgraph.engine.types import Image as ImageType
 from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, validate
-from latentgraph.server.uiformat import ConversionError, ui_to_api
+from latentgraph.engine.workflow_format import ConversionError, ui_to_api
 
 from tests.server.helpers import SlowImage, ThreadedServer, image_prompt, make_registry, options_for, slow_prompt
 

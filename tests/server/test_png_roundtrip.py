@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from latentgraph.cli.main import main
 from latentgraph.engine.executor import Executor
+from latentgraph.engine.workflow_format import api_to_ui
 from latentgraph.nodes import load_registry, make_environment
-from latentgraph.server.uiformat import api_to_ui
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 

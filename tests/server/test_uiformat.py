@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from latentgraph.server.uiformat import ConversionError, api_to_ui, is_ui_format, ui_to_api, widgets_to_inputs
+from latentgraph.engine.workflow_format import ConversionError, api_to_ui, is_ui_format, ui_to_api, widgets_to_inputs
 
 DATA = Path(__file__).parent / "data"
 WORKFLOWS = sorted((Path(__file__).parents[2] / "workflows").glob("*.json"))

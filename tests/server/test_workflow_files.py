@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from latentgraph.cli.main import main
-from latentgraph.server.workflow_files import WorkflowFileError, load_workflow
+from latentgraph.engine.workflow_format import WorkflowFileError, load_workflow
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 

@@ -1,17 +1,28 @@
-"""Conversion between the editor's UI (litegraph) workflow format and the API (prompt) format.
+"""Workflow formats: the editor's UI (litegraph) format <-> the API (prompt) format, and workflow files.
 
 ComfyUI converts UI to API only in the browser; doing it here lets `latentgraph run`, `convert` and `POST /prompt`
 take a workflow exactly as the editor saved it. The rules follow the editor's own `graphToPrompt`: positional
 `widgets_values` in the order of the node's widget inputs (with the UI-only control and upload values), links,
 muted nodes left out, bypassed nodes wired through by type, virtual nodes (Reroute, PrimitiveNode, Note) resolved
-away and subgraphs flattened with `outer:inner` ids. Everything is driven by ComfyUI-shaped `object_info`.
+away and subgraphs flattened with `outer:inner` ids. Everything is driven by ComfyUI-shaped `object_info`; what
+counts as a link in an API prompt is engine.workflow's rule (`as_link`), the one the validator and executor use.
+
+`load_workflow` reads whatever file a user has: API-format JSON, an editor (UI-format) JSON, or a PNG. A PNG saved
+by SaveImage (ours or ComfyUI's) carries the API prompt in its `prompt` text chunk and the editor's graph in
+`workflow`; the prompt is what actually ran, so it is preferred, and the graph is converted when it is the only one
+there. Nothing here knows HTTP: the server, the CLI and the workflow library all use this module.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from latentgraph.engine.workflow import as_link, unwrap_constant
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
@@ -515,14 +526,6 @@ COLUMN_GAP, ROW_GAP, NODE_WIDTH, LEFT, TOP = 80, 40, 320, 40, 40
 SLOT_HEIGHT, WIDGET_HEIGHT, TITLE_HEIGHT, MULTILINE_HEIGHT = 22, 26, 30, 110
 
 
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
-def _unwrap(value: Any) -> Any:
-    return value["__value__"] if isinstance(value, dict) and set(value) == {"__value__"} else value
-
-
 def _depths(prompt: dict[str, dict]) -> dict[str, int]:
     depth: dict[str, int] = {}
 
@@ -531,7 +534,8 @@ def _depths(prompt: dict[str, dict]) -> dict[str, int]:
             return depth[node_id]
         if node_id in trail:
             raise ConversionError("is part of a cycle", node_id, prompt[node_id].get("class_type"))
-        parents = [v[0] for v in prompt[node_id].get("inputs", {}).values() if _is_link(v) and v[0] in prompt]
+        parents = [link.node for v in prompt[node_id].get("inputs", {}).values()
+                   if (link := as_link(v)) is not None and link.node in prompt]
         depth[node_id] = 1 + max((visit(p, trail | {node_id}) for p in parents), default=-1)
         return depth[node_id]
 
@@ -541,7 +545,8 @@ def _depths(prompt: dict[str, dict]) -> dict[str, int]:
     for node_id in prompt:
         if depth[node_id] == 0:
             children = [depth[c] for c, node in prompt.items()
-                        if any(_is_link(v) and v[0] == node_id for v in node.get("inputs", {}).values())]
+                        if any((link := as_link(v)) is not None and link.node == node_id
+                               for v in node.get("inputs", {}).values())]
             if children:
                 depth[node_id] = min(children) - 1
     return depth
@@ -583,8 +588,8 @@ def api_to_ui(prompt: dict[str, dict], object_info: dict) -> dict[str, Any]:
     in_link: dict[tuple[str, str], int] = {}
     for node_id in ids:
         for name, value in prompt[node_id].get("inputs", {}).items():
-            if _is_link(value) and value[0] in prompt:
-                origin, slot = value
+            if (link := as_link(value)) is not None and link.node in prompt:
+                origin, slot = link.node, link.index
                 outputs = object_info[prompt[origin]["class_type"]].get("output") or []
                 kind = outputs[slot] if slot < len(outputs) else "*"
                 link_id = len(links) + 1
@@ -606,7 +611,7 @@ def api_to_ui(prompt: dict[str, dict], object_info: dict) -> dict[str, Any]:
 
         def barycentre(node_id: str) -> tuple[float, tuple[int, Any]]:
             parents = [row_of[v[0]] for v in prompt[node_id].get("inputs", {}).values()
-                       if _is_link(v) and v[0] in row_of]
+                       if as_link(v) is not None and v[0] in row_of]
             return (sum(parents) / len(parents) if parents else 0.0, _sort_key(node_id))
 
         members.sort(key=barycentre)
@@ -640,7 +645,7 @@ def _ui_node(node_id: str, node: dict, object_info: dict, ui_id: dict[str, int],
     values = node.get("inputs", {})
     ui_inputs: list[dict[str, Any]] = []
     widgets_values: list[Any] = []
-    names = _input_order(info) + [n for n in values if n not in _input_order(info) and _is_link(values[n])]
+    names = _input_order(info) + [n for n in values if n not in _input_order(info) and as_link(values[n]) is not None]
     for name in names:
         kind, options = specs.get(name, ("*", {}))
         link_id = in_link.get((node_id, name))
@@ -650,7 +655,7 @@ def _ui_node(node_id: str, node: dict, object_info: dict, ui_id: dict[str, int],
         entry: dict[str, Any] = {"name": name, "type": _type_name(kind), "link": link_id}
         if widget:
             entry["widget"] = {"name": name}
-            value = _unwrap(values[name]) if name in values and not _is_link(values[name]) \
+            value = unwrap_constant(values[name]) if name in values and as_link(values[name]) is None \
                 else _widget_default(kind, options)
             widgets_values.append(value)
             if _has_control(name, kind, options):
@@ -686,3 +691,90 @@ def _ui_node(node_id: str, node: dict, object_info: dict, ui_id: dict[str, int],
         "properties": {"Node name for S&R": class_type},
         "widgets_values": widgets_values,
     }
+
+
+# ---------------------------------------------------------------- workflow files
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ObjectInfo = dict[str, Any] | Callable[[], dict[str, Any]]
+
+
+class WorkflowFileError(ValueError):
+    """A workflow file that cannot be read or understood; the message says what to do."""
+
+
+def _object_info(object_info: ObjectInfo) -> dict[str, Any]:
+    return object_info() if callable(object_info) else object_info
+
+
+def _decode_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowFileError(
+            f"{where} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "a workflow is a JSON object saved from the editor or written in ComfyUI's API format"
+        ) from exc
+
+
+def workflow_from_data(data: Any, object_info: ObjectInfo, where: str) -> tuple[dict[str, Any], dict | None]:
+    """(API prompt, UI workflow or None) from decoded JSON in either format."""
+    if not isinstance(data, dict):
+        raise WorkflowFileError(f"{where} holds a JSON {type(data).__name__}, not a workflow object")
+    if is_ui_format(data):
+        return ui_to_api(data, _object_info(object_info)), data
+    wrapped = data.get("prompt")
+    if isinstance(wrapped, dict) and "class_type" not in wrapped and set(data) <= {"prompt", "extra_data", "client_id"}:
+        return workflow_from_data(data["prompt"], object_info, where)
+    return data, None
+
+
+def png_text_chunks(path: Path) -> dict[str, str]:
+    from PIL import Image, UnidentifiedImageError  # only for PNG files: keeps the engine's import light
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return {k: v for k, v in (getattr(image, "text", None) or {}).items() if isinstance(v, str)}
+    except (UnidentifiedImageError, OSError) as exc:
+        raise WorkflowFileError(f"cannot read PNG {path}: {exc}") from exc
+
+
+def _from_png(path: Path, object_info: ObjectInfo) -> tuple[dict[str, Any], dict | None]:
+    chunks = png_text_chunks(path)
+    ui = _decode_json(chunks["workflow"], f"the 'workflow' chunk of {path}") if "workflow" in chunks else None
+    ui = ui if is_ui_format(ui) else None
+    if "prompt" in chunks:
+        prompt = _decode_json(chunks["prompt"], f"the 'prompt' chunk of {path}")
+        if isinstance(prompt, dict) and prompt:
+            return prompt, ui
+    if ui is not None:
+        return ui_to_api(ui, _object_info(object_info)), ui
+    raise WorkflowFileError(f"{path} carries no workflow: it has no 'prompt' or 'workflow' text chunk "
+                            "(only PNGs saved by SaveImage here or in ComfyUI do)")
+
+
+def load_workflow(path: Path, object_info: ObjectInfo) -> tuple[dict[str, Any], dict | None]:
+    """(API prompt, UI workflow or None) from a .json file (API or UI format) or a .png that carries one.
+
+    `object_info` may be a callable so that the node registry is only built when a UI workflow needs converting.
+    Raises WorkflowFileError with a message that names what is wrong (for a conversion error, the node).
+    """
+    try:
+        return _load(Path(path), object_info)
+    except ConversionError as exc:
+        raise WorkflowFileError(f"cannot convert the editor workflow in {path}: {exc}") from exc
+
+
+def _load(path: Path, object_info: ObjectInfo) -> tuple[dict[str, Any], dict | None]:
+    try:
+        with path.open("rb") as handle:
+            is_png = handle.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+        if is_png:
+            return _from_png(path, object_info)
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WorkflowFileError(f"cannot read workflow file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise WorkflowFileError(f"{path} is neither a JSON workflow nor a PNG that carries one") from exc
+    return workflow_from_data(_decode_json(text, str(path)), object_info, str(path))
