@@ -465,10 +465,26 @@ def _output_source(prompt: dict[str, Any], out: WorkflowOutputSpec, registry: Re
     raise KeyError(f"output {out.name!r}: node {out.node} has no linked input to take the value from")
 
 
+OUTER_LINK = "__outer_link__"  # a link of the caller's scope, carried through an inner workflow until unwrapped
+
+
+def _unwrap_outer(node: dict[str, Any], depth: int) -> dict[str, Any]:
+    inputs = node.get("inputs") or {}
+    if not any(isinstance(v, dict) and v.get("depth") == depth and OUTER_LINK in v for v in inputs.values()):
+        return node
+    return {**node, "inputs": {k: v[OUTER_LINK] if isinstance(v, dict) and v.get("depth") == depth
+                               and OUTER_LINK in v else v for k, v in inputs.items()}}
+
+
 def _expand(prompt: dict[str, Any], registry: Registry, env: Environment, library: Library,
             stack: tuple[str, ...]) -> dict[str, Any]:
+    """One level: each workflow node becomes its (recursively expanded) nodes. Values of the node's inputs are
+    written into the inner workflow before its own workflow nodes expand, so an input may set a widget of a nested
+    workflow node; links among them are wrapped (tagged with this depth) so that inner levels carry them untouched
+    and only this level, once the inner ids are prefixed, turns them back into links of the caller's scope."""
     expanded: dict[str, Any] = {}
-    sources: dict[str, list[tuple[str, int]]] = {}  # outer workflow node -> what its outputs stand for
+    sources: dict[str, list[tuple[str, int]]] = {}  # workflow node -> what its outputs stand for
+    depth = len(stack)
     for node_id, node in prompt.items():
         if not _is_workflow_node(node):
             expanded[node_id] = node
@@ -476,23 +492,23 @@ def _expand(prompt: dict[str, Any], registry: Registry, env: Environment, librar
         ref = node["class_type"][len(WORKFLOW_NODE_PREFIX):].strip()
         if ref.partition("@")[0] in {s.partition("@")[0] for s in stack}:
             raise ExpansionError(node_id, f"workflow {ref!r} contains itself ({' > '.join((*stack, ref))})")
-        if len(stack) >= MAX_NESTING:
+        if depth >= MAX_NESTING:
             raise ExpansionError(node_id, f"workflows are nested more than {MAX_NESTING} deep")
         try:
             version = library.get(ref)
             interface = extract_interface(version.prompt, registry, env)
-            inner = _expand(copy.deepcopy(version.prompt), registry, env, library, (*stack, ref))
-            prefix = f"{node_id}:"
-            kept = {prefix + inner_id: _prefixed(inner_node, prefix) for inner_id, inner_node in inner.items()
-                    if inner_node.get("class_type") not in DECLARATION_CLASSES
-                    and not getattr(registry.get(inner_node.get("class_type")), "OUTPUT_NODE", False)}
+            body = copy.deepcopy(version.prompt)
             for name, value in (node.get("inputs") or {}).items():
                 inp = interface.inputs.get(name)
-                if inp is None:
-                    continue
-                for target in (t for t in inp.targets if prefix + t.node in kept):
-                    kept[prefix + target.node]["inputs"][target.input] = (
-                        value if as_link(value) is not None else copy.deepcopy(value))
+                for target in inp.targets if inp is not None else ():
+                    body[target.node].setdefault("inputs", {})[target.input] = (
+                        {OUTER_LINK: value, "depth": depth} if as_link(value) is not None else copy.deepcopy(value))
+            inner = _expand(body, registry, env, library, (*stack, ref))
+            prefix = f"{node_id}:"
+            kept = {prefix + inner_id: _unwrap_outer(_prefixed(inner_node, prefix), depth)
+                    for inner_id, inner_node in inner.items()
+                    if inner_node.get("class_type") not in DECLARATION_CLASSES
+                    and not getattr(registry.get(inner_node.get("class_type")), "OUTPUT_NODE", False)}
             sources[node_id] = []
             for out in interface.outputs.values():
                 source, index = _output_source(inner, out, registry)

@@ -37,6 +37,7 @@ from latentgraph.engine.library import (
     prepare,
 )
 from latentgraph.engine.workflow_format import ui_to_api
+from latentgraph.nodes.workflow_io import register_workflow_nodes
 from latentgraph.server.jsonio import ApiError, json_answer, read_object
 from latentgraph.server.queue import now_ms
 from latentgraph.server.state import ServerState, get_state
@@ -61,6 +62,7 @@ def library_for(state: ServerState) -> Library:
 def _listing(state: ServerState, names: list[str] | None = None) -> list[dict[str, Any]]:
     library = library_for(state)
     current = library.scan()
+    register_workflow_nodes(state.executor.registry, state.executor.env, library)  # the editor's nodes follow
     entries = []
     for name in names if names is not None else sorted(current):
         version = current[name]
