@@ -332,6 +332,7 @@ class _Converter:
         _expanded_size(workflow, self.subgraphs, max_nodes)
         self.root = _Scope("", _node_map(workflow["nodes"]), _parse_links(workflow.get("links")))
         self.prompt: dict[str, dict] = {}
+        self._resolved: dict[tuple[Any, ...], Any] = {}
 
     def convert(self) -> dict[str, dict]:
         self._emit_scope(self.root, depth=0)
@@ -389,17 +390,17 @@ class _Converter:
             if name not in inputs and name in specs and _is_widget(kind, options) and "default" in options:
                 inputs[name] = options["default"]
         for ui_input in ui_inputs:
-            name = ui_input.get("name")
-            if name is None or ui_input.get("link") is None:
+            linked_name = ui_input.get("name")
+            if linked_name is None or ui_input.get("link") is None:
                 continue
-            want = ui_input.get("type") or (specs.get(name, (None, {}))[0])
+            want = ui_input.get("type") or (specs.get(linked_name, (None, {}))[0])
             source = self._follow_link(scope, ui_input["link"], want, depth, node_id, node_type)
             if source is MUTED:
-                inputs.pop(name, None)
+                inputs.pop(linked_name, None)
             elif isinstance(source, _Const):
-                inputs[name] = {"__value__": source.value} if isinstance(source.value, list) else source.value
+                inputs[linked_name] = {"__value__": source.value} if isinstance(source.value, list) else source.value
             elif source is not None:
-                inputs[name] = source
+                inputs[linked_name] = source
         title = node.get("title") or info.get("display_name") or node_type
         return {"inputs": inputs, "class_type": node_type, "_meta": {"title": title}}
 
@@ -416,10 +417,24 @@ class _Converter:
                 node_id: str, node_type: str) -> Any:
         """What feeds an input: `[id, slot]`, a `_Const`, `MUTED`, or None (nothing; the widget value stays).
 
-        A loop, not recursion: a chain of thousands of reroutes must end in an answer or a 400, never in
-        Python's recursion limit.
+        Every hop's answer is remembered, so that many inputs fed through one long reroute chain walk it once.
         """
+        visited: list[tuple[Any, ...]] = []
+        result = self._walk(scope, origin_id, origin_slot, want, depth, node_id, node_type, visited)
+        for key in visited:
+            self._resolved[key] = result
+        return list(result) if isinstance(result, list) else result
+
+    def _walk(self, scope: _Scope, origin_id: Any, origin_slot: int, want: Any, depth: int,
+              node_id: str, node_type: str, visited: list[tuple[Any, ...]]) -> Any:
+        """A loop, not recursion: a chain of thousands of reroutes must end in an answer or a 400, never in
+        Python's recursion limit."""
+        wanted = str(_type_name(want))
         for _ in range(MAX_HOPS):
+            key = (id(scope), origin_id if isinstance(origin_id, int | str) else repr(origin_id), origin_slot, wanted)
+            if key in self._resolved:
+                return self._resolved[key]
+            visited.append(key)
             if origin_id == SUBGRAPH_INPUT_NODE and scope.instance is not None and scope.parent is not None:
                 instance, parent = scope.instance, scope.parent
                 inputs = _node_inputs(instance)
@@ -523,6 +538,7 @@ def ui_to_api(workflow: dict, object_info: dict, *, max_nodes: int = DEFAULT_MAX
 # ---------------------------------------------------------------- API -> UI
 
 COLUMN_GAP, ROW_GAP, NODE_WIDTH, LEFT, TOP = 80, 40, 320, 40, 40
+LOOSE_STEP = 260  # horizontal pitch of collapsed unlinked nodes in the band under the graph
 SLOT_HEIGHT, WIDGET_HEIGHT, TITLE_HEIGHT, MULTILINE_HEIGHT = 22, 26, 30, 110
 
 
@@ -598,9 +614,15 @@ def api_to_ui(prompt: dict[str, dict], object_info: dict) -> dict[str, Any]:
                 in_link[(node_id, name)] = link_id
 
     depth = _depths(prompt)
+    # Nodes linked to nothing (a workflow's declarations: its inputs, outputs, description) would stack into one
+    # tall first column and make the editor open the graph zoomed out past legibility; they go collapsed in a
+    # band under the graph instead.
+    linked = {n for link in links for n in (link[1], link[3])}
+    loose = [n for n in ids if ui_id[n] not in linked] if linked else []
     columns: dict[int, list[str]] = defaultdict(list)
     for node_id in ids:
-        columns[depth[node_id]].append(node_id)
+        if node_id not in loose:
+            columns[depth[node_id]].append(node_id)
 
     nodes: list[dict] = []
     row_of: dict[str, float] = {}
@@ -624,6 +646,17 @@ def api_to_ui(prompt: dict[str, dict], object_info: dict) -> dict[str, Any]:
             y += node["size"][1] + ROW_GAP
             nodes.append(node)
         x += NODE_WIDTH + COLUMN_GAP
+    if loose:
+        right = max(LEFT + NODE_WIDTH, x - COLUMN_GAP)
+        y = max(n["pos"][1] + n["size"][1] for n in nodes) + ROW_GAP + TITLE_HEIGHT
+        x = LEFT
+        for node_id in loose:
+            if x + LOOSE_STEP > right and x > LEFT:
+                x, y = LEFT, y + TITLE_HEIGHT + ROW_GAP
+            node = _ui_node(node_id, prompt[node_id], object_info, ui_id, in_link, out_links, link_by_id)
+            node["pos"], node["order"], node["flags"] = [x, y], len(nodes), {"collapsed": True}
+            nodes.append(node)
+            x += LOOSE_STEP
     nodes.sort(key=lambda n: n["id"])
     return {
         "last_node_id": max(ui_id.values(), default=0),
