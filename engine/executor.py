@@ -143,12 +143,13 @@ class Executor:
         Each key's ingredients are kept as a record, so that the next run of the node id can say what changed.
         """
         prompt = validation.prompt
+        assert prompt is not None, "only a valid workflow is planned or run"
         keys: dict[str, str] = {}
         volatile: set[str] = set()
         records: dict[str, NodeRecord] = {}
         for node_id in order:
             node = prompt[node_id]
-            cls = self.registry.get(node.class_type)
+            cls = self.registry[node.class_type]
             constants = validation.constants[node_id]
             links = node.links()
             parents = {name: (link.node, keys[link.node], link.index) for name, link in links.items()}
@@ -183,7 +184,8 @@ class Executor:
         looked at, so that an estimate changes nothing.
         """
         parsed = validation.prompt
-        graph = nx.DiGraph()
+        assert parsed is not None, "only a valid workflow is planned or run"
+        graph: nx.DiGraph = nx.DiGraph()
         graph.add_nodes_from(validation.nodes)
         for node_id in validation.nodes:
             for link in parsed[node_id].links().values():
@@ -266,6 +268,7 @@ class Executor:
                 sink(event, data)
 
         parsed = validation.prompt
+        assert parsed is not None, "only a valid workflow is planned or run"
         raw_prompt = {k: v.model_dump(by_alias=True, exclude_none=True) for k, v in parsed.items()}
         plan = self.plan(validation, take=True)
         order, graph, keys, volatile, to_run, records = (plan.order, plan.graph, plan.keys, plan.volatile,
@@ -315,7 +318,7 @@ class Executor:
                 current = node_id
                 interrupt.check()
                 node = parsed[node_id]
-                cls = self.registry.get(node.class_type)
+                cls = self.registry[node.class_type]
                 spec = self.registry.spec(node.class_type)
                 inputs = dict(validation.constants[node_id])
                 for name, link in node.links().items():
