@@ -6,6 +6,7 @@ import argparse
 import copy
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from latentgraph.cli.common import (
@@ -16,6 +17,22 @@ from latentgraph.cli.common import (
     add_threads_argument,
     apply_threads,
 )
+
+
+@dataclass(frozen=True)
+class _LoraDefaults:
+    """training.lora.LoraConfig's defaults, repeated so that building the CLI does not import torch (a test checks
+    they agree)."""
+
+    steps: int = 400
+    rank: int = 8
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    conv: bool = True
+    caption_dropout: float = 0.1
+
+
+LORA_DEFAULTS = _LoraDefaults()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -70,14 +87,21 @@ def _lora(args: argparse.Namespace) -> int:
     out = args.out or args.base_dir / "models" / "loras" / f"{args.data.resolve().name}.safetensors"
     config = LoraConfig(rank=args.rank, alpha=args.alpha or float(args.rank), steps=args.steps,
                         batch_size=args.batch_size, learning_rate=args.lr, text_encoder=args.text_encoder,
-                        resolution=args.resolution, seed=args.seed)
+                        conv=args.conv, caption_dropout=args.caption_dropout, resolution=args.resolution,
+                        seed=args.seed, preview_every=args.preview_every)
     print(f"training a LoRA on {len(examples)} captioned images for {base.name}")
     try:
         result = train_lora(args.data, base, out, config, progress=not args.quiet)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    if result["vae_sheet"] is not None:
+        print(f"warning: this checkpoint's VAE reproduces the training images poorly (mean error "
+              f"{result['vae_error']:.1f}/255): a LoRA cannot draw better than the VAE decodes; compare the images "
+              f"with their round trip in {result['vae_sheet']}", file=sys.stderr)
     print(f"loss {result['first_loss']:.4f} -> {result['last_loss']:.4f}; wrote {out} (kohya key layout)")
+    if result["preview"] is not None:
+        print(f"previews (training images, then one row every {args.preview_every} steps): {result['preview']}")
     return EXIT_OK
 
 
@@ -102,6 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 
+    defaults = LORA_DEFAULTS
     lora = kinds.add_parser("lora", help="train a LoRA on a folder of images with .txt captions",
                             description="Trains a LoRA (kohya key layout) on IMAGE + IMAGE.txt pairs; kohya's "
                                         "N_name subfolders repeat their images N times.")
@@ -110,13 +135,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lora.add_argument("--data", type=Path, required=True, help="folder of images and .txt captions")
     lora.add_argument("--base", required=True, help="checkpoint file, or a name in models/checkpoints")
     lora.add_argument("--out", type=Path, default=None, help="output file (default: models/loras/DATA.safetensors)")
-    lora.add_argument("--steps", type=int, default=400, help="optimizer steps (default 400)")
-    lora.add_argument("--rank", type=int, default=8, help="LoRA rank: size of the low-rank update (default 8)")
+    lora.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
+    lora.add_argument("--rank", type=int, default=defaults.rank,
+                      help=f"LoRA rank: size of the low-rank update (default {defaults.rank})")
     lora.add_argument("--alpha", type=float, default=None, help="default: the rank (scale 1)")
-    lora.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    lora.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
+    lora.add_argument("--lr", type=float, default=defaults.learning_rate,
+                      help=f"learning rate (default {defaults.learning_rate:g})")
+    lora.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                      help=f"images per step (default {defaults.batch_size})")
     lora.add_argument("--resolution", type=int, default=None, help="default: the checkpoint's native size")
     lora.add_argument("--text-encoder", action="store_true", help="also train the text encoder")
+    lora.add_argument("--conv", action=argparse.BooleanOptionalAction, default=defaults.conv,
+                      help="also train the UNet's resnet convs (kohya's LoCon; default: on)")
+    lora.add_argument("--caption-dropout", type=float, default=defaults.caption_dropout,
+                      help=f"share of steps on the empty prompt (default {defaults.caption_dropout:g})")
+    lora.add_argument("--preview-every", type=int, default=100, metavar="N",
+                      help="every N steps, add a row of samples of the captions to OUT-preview.png (0: none; "
+                           "default 100)")
     lora.add_argument("--seed", type=int, default=0, help="seed for noise, timesteps and order (default 0)")
     lora.add_argument("--quiet", action="store_true", help="no progress bar")
     lora.set_defaults(func=_lora)
