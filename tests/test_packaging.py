@@ -75,6 +75,8 @@ def test_the_wheel_installs_only_the_latentgraph_namespace_and_ships_its_data(wh
             relative = repo_config.relative_to(REPO / "nodes").as_posix()
             assert f"latentgraph/nodes/{relative}" in files, relative
     assert "latentgraph/server/editor_default_workflow.js" in files
+    shipped = sorted(f"latentgraph/workflows/{p.name}" for p in (REPO / "workflows").glob("*.json"))
+    assert shipped and set(shipped) <= files, "the shipped workflows (editor templates, the library) are missing"
 
 
 COMFY_LIKE_SETUP = """
@@ -95,6 +97,7 @@ import importlib.util, json, sys
 import nodes, server
 import latentgraph, latentgraph.api, latentgraph.engine.executor, latentgraph.nodes, latentgraph.server.app
 from latentgraph.api import Node
+from latentgraph.server.routes_templates import template_names
 spec = lambda name: importlib.util.find_spec(name)
 print(json.dumps({
     "nodes": [nodes.WHO, nodes.__file__], "server": [server.WHO, server.__file__],
@@ -104,6 +107,7 @@ print(json.dumps({
     "top_cli": None if spec("cli") is None else spec("cli").origin,
     "top_training": None if spec("training") is None else spec("training").origin,
     "node_base": Node.__module__, "registry": len(latentgraph.nodes.load_registry().names()),
+    "templates": template_names(),
 }))
 """
 
@@ -136,3 +140,4 @@ def test_the_wheel_sits_beside_a_package_with_top_level_nodes_and_server(wheel: 
         assert found[key] is None or not Path(found[key]).is_relative_to(site), (key, found[key])
     assert found["node_base"] == "latentgraph.engine.node"
     assert found["registry"] > 20  # the stock nodes load from the installed wheel
+    assert "txt2img" in found["templates"]  # the editor's first-visit template ships with it
