@@ -35,6 +35,7 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.sd.nodes_sdxl",
     "latentgraph.nodes.sd.nodes_sd3",
     "latentgraph.nodes.sd.upscale_model",
+    "latentgraph.nodes.sd.vae_tiled",
     "latentgraph.nodes.sd.training_nodes",
 ]
 

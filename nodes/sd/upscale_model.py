@@ -2,9 +2,9 @@
 
 `UpscaleModelLoader` names a file in models/upscale_models and returns a light handle; the weights are loaded
 once per file content into the shared model manager. `ImageUpscaleWithModel` runs the model over 512-pixel tiles
-overlapping by 32, blended with linear ramps across the overlaps (ComfyUI's tiled_scale), and halves the tile after
-an out-of-memory error down to 128 pixels. Pickled files (.pth, .pt, .ckpt, .bin) are refused unless the user opts
-in with LATENTGRAPH_ALLOW_PICKLE=1, and even then are read with torch.load(weights_only=True).
+overlapping by 32, blended with linear ramps across the overlaps (ComfyUI's tiled_scale, nodes/tiling.py), and
+halves the tile after an out-of-memory error down to 128 pixels. Pickled files (.pth, .pt, .ckpt, .bin) are refused
+unless the user opts in with LATENTGRAPH_ALLOW_PICKLE=1, and even then are read with torch.load(weights_only=True).
 
 spandrel imports torchvision for two architectures that are not upscalers (LaMa inpainting and RestoreFormer face
 restoration). Where torchvision is missing, or is a build that does not match the installed torch, spandrel is
@@ -18,7 +18,6 @@ import enum
 import hashlib
 import importlib
 import importlib.util
-import itertools
 import sys
 import types
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Image, Socket
 from latentgraph.nodes.sd.checkpoint import file_identity, refuse_pickle
 from latentgraph.nodes.sd.handles import model_manager
+from latentgraph.nodes.tiling import tile_count, tiled_scale
 from safetensors.torch import load_file
 
 UpscaleModel = Annotated[Any, Socket("UPSCALE_MODEL")]
@@ -162,52 +162,10 @@ class UpscaleModelHandle:
         return lambda: load_upscaler(self.path)
 
 
-def tile_positions(size: int, tile: int, overlap: int) -> list[int]:
-    """Where tiles start along one side (ComfyUI's rule: a step of tile - overlap, the last tile may be short)."""
-    if size <= tile:
-        return [0]
-    return [max(0, min(size - overlap, p)) for p in range(0, size - overlap, tile - overlap)]
-
-
-def tile_count(height: int, width: int, tile: int, overlap: int) -> int:
-    return len(tile_positions(height, tile, overlap)) * len(tile_positions(width, tile, overlap))
-
-
 def tiled_upscale(pixels: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor], scale: int, out_channels: int,
                   tile: int = TILE, overlap: int = OVERLAP, step: Callable[[], None] | None = None) -> torch.Tensor:
-    """Upscales channel-first images [B,C,H,W] tile by tile; overlapping tiles are blended by linear ramps of
-    `overlap * scale` output pixels on every edge, and the sum is divided by the summed weights."""
-    batch, _, height, width = pixels.shape
-    out = torch.zeros(batch, out_channels, height * scale, width * scale)
-    for b in range(batch):
-        image = pixels[b:b + 1]
-        if height <= tile and width <= tile:
-            out[b:b + 1] = run(image).float().cpu()
-            if step is not None:
-                step()
-            continue
-        total = torch.zeros(1, out_channels, height * scale, width * scale)
-        weights = torch.zeros_like(total)
-        for top, left in itertools.product(tile_positions(height, tile, overlap), tile_positions(width, tile, overlap)):
-            piece = image[:, :, top:top + tile, left:left + tile]
-            result = run(piece).float().cpu()
-            mask = torch.ones_like(result)
-            feather = round(overlap * scale)
-            for dim in (2, 3):
-                if feather >= mask.shape[dim]:
-                    continue
-                for t in range(feather):
-                    ramp = (t + 1) / feather
-                    mask.narrow(dim, t, 1).mul_(ramp)
-                    mask.narrow(dim, mask.shape[dim] - 1 - t, 1).mul_(ramp)
-            rows = slice(top * scale, top * scale + result.shape[2])
-            cols = slice(left * scale, left * scale + result.shape[3])
-            total[:, :, rows, cols] += result * mask
-            weights[:, :, rows, cols] += mask
-            if step is not None:
-                step()
-        out[b:b + 1] = total / weights
-    return out
+    """Upscales channel-first images [B,C,H,W] in square tiles blended as ComfyUI blends them."""
+    return tiled_scale(pixels, run, tile, tile, overlap, scale, out_channels, step)
 
 
 def _on_device(model: Upscaler, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -236,7 +194,7 @@ def upscale_with_model(model: Upscaler, image: torch.Tensor, device: torch.devic
     pixels = image[..., :model.input_channels].movedim(-1, 1)
     dtype = next(model.parameters()).dtype
     while True:
-        progress = _Progress(pixels.shape[0] * tile_count(pixels.shape[2], pixels.shape[3], tile, OVERLAP), step)
+        progress = _Progress(pixels.shape[0] * tile_count(pixels.shape[2], pixels.shape[3], tile, tile, OVERLAP), step)
         try:
             result = tiled_upscale(pixels, _on_device(model, device, dtype), model.scale, model.output_channels,
                                    tile=tile, step=progress.advance)
