@@ -49,7 +49,8 @@ def test_primitives_feed_widget_inputs(executor):
 def test_animated_webp_has_every_frame_and_the_workflow_in_exif(executor):
     save = {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["6", 0], "filename_prefix": "anim/a", "fps": 4.0,
                                                          "lossless": True, "quality": 80, "method": "fastest"}}
-    result = executor.run(frames_workflow(save), extra_data={"extra_pnginfo": {"workflow": {"nodes": [1]}}})
+    extra = {"extra_pnginfo": {"workflow": {"nodes": [1]}, "note": "x"}}
+    result = executor.run(frames_workflow(save), extra_data=extra)
     assert result.status == "success", result.error
     assert result.outputs["7"]["images"] == [{"filename": "a_00001_.webp", "subfolder": "anim", "type": "output"}]
     assert list(result.outputs["7"]["animated"]) == [True]
@@ -61,7 +62,7 @@ def test_animated_webp_has_every_frame_and_the_workflow_in_exif(executor):
         exif = webp.getexif()
         key, _, body = exif[0x0110].partition(":")
         assert key == "prompt" and json.loads(body)["1"]["class_type"] == "PrimitiveInt"
-        assert exif[0x010F] == 'workflow:{"nodes": [1]}'
+        assert exif[0x010F] == 'workflow:{"nodes": [1]}' and exif[0x010E] == 'note:"x"'  # counting down
         webp.seek(0)
         assert webp.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
 
