@@ -19,8 +19,10 @@ from latentgraph.cli.common import (
     make_executor,
 )
 from latentgraph.cli.workflows import InvalidInputs, WorkflowHelp, add_workflows_dir_argument, load_for_run
+from latentgraph.engine.executor import Executor
 from latentgraph.engine.validate import InvalidPrompt
 from latentgraph.engine.workflow_format import api_to_ui
+from latentgraph.nodes import provenance
 from tqdm import tqdm
 
 
@@ -46,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "(e.g. --set 3.seed=42 --set 'Positive.text=a red circle'); repeatable",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--strict", action="store_true",
+                        help="when re-running a PNG: refuse (exit 2) if a model file's hash or the software/device "
+                             "differs from what the image records, instead of warning")
     add_base_dir_argument(parser)
     add_threads_argument(parser)
     add_workflows_dir_argument(parser)
@@ -110,6 +115,26 @@ class ProgressBars:
         self.nodes.close()
 
 
+def check_reproduction(args: argparse.Namespace, executor: Executor, prompt: dict[str, Any]) -> bool:
+    """For a PNG that records its models and environment: find renamed models by hash, then warn about (or, with
+    --strict, refuse) every difference that may change the pixels. False when the run must not go ahead."""
+    recorded = provenance.read_record(args.workflow) if args.workflow.suffix.lower() == ".png" else None
+    if recorded is None:
+        return True
+    for change in provenance.relink_renamed(executor.env, recorded, prompt):
+        print(f"note: model found by hash: {change}", file=sys.stderr)
+    differences = provenance.compare(executor.env, recorded, prompt)
+    label = "error" if args.strict else "warning"
+    for difference in differences:
+        print(f"{label}: {difference}", file=sys.stderr)
+    if differences and args.strict:
+        print("error: --strict: nothing was run; the image may not be reproduced here", file=sys.stderr)
+        return False
+    if differences:
+        print("warning: the result may differ from the image (use --strict to refuse)", file=sys.stderr)
+    return True
+
+
 def run_command(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     executor = make_executor(args.base_dir)
@@ -120,6 +145,8 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     except (WorkflowFileError, ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if not check_reproduction(args, executor, prompt):
         return EXIT_INVALID
     validation = executor.validate(prompt, outputs)
     if not validation.ok:

@@ -19,6 +19,7 @@ import torch
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Hidden, Input, Node, NodeOutput
 from latentgraph.engine.types import Image
+from latentgraph.nodes import provenance
 from latentgraph.nodes.imageops import CropMethod, UpscaleMethod, pil_to_tensor, tensor_to_pil, upscale_images
 from PIL import Image as PILImage
 from PIL import ImageOps, ImageSequence
@@ -78,9 +79,12 @@ def _next_counter(folder: Path, prefix: str) -> int:
     return max(counters, default=0) + 1
 
 
-def save_images(images: torch.Tensor, root: Path, filename_prefix: str, kind: str,
-                prompt: dict | None, extra_pnginfo: dict | None) -> list[dict[str, str]]:
-    """Writes PNGs named `{prefix}_{counter:05}_.png` with the workflow in text chunks; returns their UI entries."""
+def save_images(images: torch.Tensor, root: Path, filename_prefix: str, kind: str, prompt: dict | None,
+                extra_pnginfo: dict | None, reproduction: dict | None = None) -> list[dict[str, str]]:
+    """Writes PNGs named `{prefix}_{counter:05}_.png` with the workflow in text chunks; returns their UI entries.
+
+    `reproduction` (model hashes, environment, seeds: nodes/provenance.py) goes into a `latentgraph` chunk.
+    """
     root = root.resolve()
     target = (root / filename_prefix).resolve()
     if not target.is_relative_to(root) or target == root:
@@ -92,6 +96,8 @@ def save_images(images: torch.Tensor, root: Path, filename_prefix: str, kind: st
         metadata.add_text("prompt", json.dumps(prompt))
     for key, value in (extra_pnginfo or {}).items():
         metadata.add_text(key, json.dumps(value))
+    if reproduction is not None:
+        metadata.add_text(provenance.PNG_KEY, json.dumps(reproduction))
     counter = _next_counter(folder, prefix)
     results = []
     for offset, image in enumerate(images):
@@ -110,7 +116,8 @@ def save_images(images: torch.Tensor, root: Path, filename_prefix: str, kind: st
 
 
 class SaveImage(Node):
-    """Saves images as PNGs in the output folder, carrying the workflow so the image can reproduce its run."""
+    """Saves images as PNGs in the output folder, carrying the workflow, the model hashes and the environment, so
+    that the image can reproduce its run and say when it cannot."""
 
     CATEGORY = "image"
     DISPLAY_NAME = "Save Image"
@@ -122,8 +129,9 @@ class SaveImage(Node):
     extra_pnginfo: dict | None = Hidden("EXTRA_PNGINFO")
 
     def execute(self, ctx: RunContext) -> NodeOutput:
+        reproduction = provenance.record(ctx.env, self.prompt) if self.prompt is not None else None
         saved = save_images(self.images, ctx.env.folders.output_dir, self.filename_prefix, "output",
-                            self.prompt, self.extra_pnginfo)
+                            self.prompt, self.extra_pnginfo, reproduction)
         return NodeOutput(ui={"images": saved})
 
 
