@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+MAX_NUMBER = 2**53  # a queue number must survive a round trip through JavaScript
+
 
 class Open(BaseModel):
     """An object that may carry keys beyond the declared ones (ComfyUI grows its payloads)."""
@@ -45,13 +47,15 @@ class Empty(BaseModel):
 
 
 class PromptRequest(Open):
+    """Checked strictly (no coercion: "1" is not a number, 1 is not true), in this field order."""
+
     prompt: dict[str, Any] = Field(description="the workflow: API format {node_id: {class_type, inputs}}, or an "
                                                "editor (UI-format) workflow, converted on arrival")
     client_id: str | None = Field(None, description="WebSocket clientId that receives this prompt's events")
-    prompt_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
-    number: float | None = Field(None, description="queue position; lower runs first")
-    front: bool = Field(False, description="queue ahead of every pending prompt")
     extra_data: dict[str, Any] = Field(default_factory=dict)
+    prompt_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    number: float | None = Field(None, gt=-MAX_NUMBER, lt=MAX_NUMBER, description="queue position; lower runs first")
+    front: bool = Field(False, description="queue ahead of every pending prompt")
     partial_execution_targets: list[str] | None = Field(None, description="run only these output nodes")
 
 

@@ -7,11 +7,15 @@ The models live in server.api_models.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from latentgraph.server.jsonio import ApiError
+from pydantic import BaseModel, ValidationError
+
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+Model = TypeVar("Model", bound=BaseModel)
 ATTRIBUTE = "__api_operation__"
 
 
@@ -45,3 +49,19 @@ def operation(summary: str, **details: Any) -> Callable[[Handler], Handler]:
 
 def operation_of(handler: Any) -> Operation | None:
     return getattr(handler, ATTRIBUTE, None)
+
+
+def parse_body(body: dict[str, Any], model: type[Model], messages: Mapping[str, tuple[str, str]], *,
+               kind: str = "invalid_request", **extra: Any) -> Model:
+    """`body` checked against its declared model, strictly (no coercion), or a 400 about the first bad field.
+
+    `messages` gives each field's (message, details) so that clients keep seeing the errors they know; a field
+    without one gets pydantic's own words. `extra` is added to the error body (e.g. `node_errors` for /prompt).
+    """
+    try:
+        return model.model_validate(body, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        message, details = messages.get(name, (f"Invalid {name}", str(first["msg"])))
+        raise ApiError(400, kind, message, details, **extra) from exc

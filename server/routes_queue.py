@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from typing import Any
 
@@ -13,15 +12,24 @@ from latentgraph.engine.validate import validate
 from latentgraph.engine.workflow_format import ConversionError, is_ui_format, ui_to_api
 from latentgraph.server import api_models as M
 from latentgraph.server.jsonio import ApiError, id_list, json_answer, query_int, read_object
-from latentgraph.server.operations import operation
+from latentgraph.server.operations import operation, parse_body
 from latentgraph.server.queue import JOB_STATUSES, STORAGE_HINT, DuplicatePromptId, StorageError, now_ms
 from latentgraph.server.state import get_state
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
-MAX_NUMBER = 2**53
-PROMPT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# What each invalid /prompt field is answered with (the checks themselves are M.PromptRequest's).
+PROMPT_ERRORS = {
+    "prompt": ("No prompt provided", "the body needs a 'prompt' object: the workflow in API format"),
+    "client_id": ("Invalid client_id", "client_id must be a string"),
+    "extra_data": ("Invalid extra_data", "extra_data must be an object"),
+    "prompt_id": ("Invalid prompt_id", "prompt_id must be 1-128 letters, digits or ._:-"),
+    "number": ("Invalid number", f"number must be a number of magnitude below {M.MAX_NUMBER}"),
+    "front": ("Invalid front", "front must be true or false"),
+    "partial_execution_targets": ("Invalid partial_execution_targets",
+                                  "partial_execution_targets must be a list of node ids"),
+}
 
 
 def _prompt_error(message: str, details: str, kind: str = "invalid_prompt") -> ApiError:
@@ -59,34 +67,16 @@ async def accept_ui_workflow(body: dict[str, Any], request: web.Request) -> dict
 async def post_prompt(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await accept_ui_workflow(await read_object(request, state.options.max_prompt_bytes), request)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, dict):
-        raise _prompt_error("No prompt provided", "the body needs a 'prompt' object: the workflow in API format")
+    parsed = parse_body(body, M.PromptRequest, PROMPT_ERRORS, kind="invalid_prompt", node_errors={})
+    prompt = body["prompt"]
     if len(prompt) > state.options.max_prompt_nodes:
         raise ApiError(413, "too_many_nodes", "The workflow has too many nodes",
                        f"it has {len(prompt)} nodes; this server accepts at most {state.options.max_prompt_nodes}",
                        node_errors={})
-    client_id = body.get("client_id")
-    if client_id is not None and not isinstance(client_id, str):
-        raise _prompt_error("Invalid client_id", "client_id must be a string")
-    extra_data = body.get("extra_data", {})
-    if not isinstance(extra_data, dict):
-        raise _prompt_error("Invalid extra_data", "extra_data must be an object")
-    prompt_id = body.get("prompt_id")
-    if prompt_id is None:
-        prompt_id = str(uuid.uuid4())
-    elif not isinstance(prompt_id, str) or not PROMPT_ID.match(prompt_id):
-        raise _prompt_error("Invalid prompt_id", "prompt_id must be 1-128 letters, digits or ._:-")
-    number = body.get("number")
-    if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)
-                               or abs(number) >= MAX_NUMBER):
-        raise _prompt_error("Invalid number", f"number must be a number of magnitude below {MAX_NUMBER}")
-    front = body.get("front", False)
-    if not isinstance(front, bool):
-        raise _prompt_error("Invalid front", "front must be true or false")
-    targets = body.get("partial_execution_targets")
-    if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
-        raise _prompt_error("Invalid partial_execution_targets", "partial_execution_targets must be a list of node ids")
+    client_id, extra_data, front = parsed.client_id, body.get("extra_data", {}), parsed.front
+    prompt_id = parsed.prompt_id if parsed.prompt_id is not None else str(uuid.uuid4())
+    number = body.get("number")  # as sent: an integer stays an integer in the queue's answers
+    targets = parsed.partial_execution_targets
 
     executor = state.executor
     try:
@@ -148,10 +138,8 @@ async def post_queue(request: web.Request) -> web.Response:
 async def post_interrupt(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await read_object(request, state.options.max_json_bytes, allow_empty=True)
-    prompt_id = body.get("prompt_id")
-    if prompt_id is not None and not isinstance(prompt_id, str):
-        raise ApiError(400, "invalid_request", "prompt_id must be a string")
-    state.worker.interrupt(prompt_id)
+    parsed = parse_body(body, M.InterruptRequest, {"prompt_id": ("prompt_id must be a string", "")})
+    state.worker.interrupt(parsed.prompt_id)
     return web.Response(status=200)
 
 
@@ -160,10 +148,9 @@ async def post_interrupt(request: web.Request) -> web.Response:
 async def post_free(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await read_object(request, state.options.max_json_bytes, allow_empty=True)
-    unload, free = body.get("unload_models", False), body.get("free_memory", False)
-    if not isinstance(unload, bool) or not isinstance(free, bool):
-        raise ApiError(400, "invalid_request", "unload_models and free_memory must be true or false")
-    state.worker.request_free(cache=free, models=unload or free)
+    both = ("unload_models and free_memory must be true or false", "")
+    parsed = parse_body(body, M.FreeRequest, {"unload_models": both, "free_memory": both})
+    state.worker.request_free(cache=parsed.free_memory, models=parsed.unload_models or parsed.free_memory)
     return web.Response(status=200)
 
 

@@ -136,3 +136,46 @@ async def test_real_answers_match_their_declared_response_models(client, base_di
     listing = await (await client.get("/jobs")).json()
     jobs = TypeAdapter(_declared(app, "GET", "/jobs").response).validate_python(listing)
     assert [job.id for job in jobs.jobs] == [prompt_id] and jobs.jobs[0].status == "completed"
+
+
+PROMPT_FIELD_ERRORS = [  # (body change, message): what a client has always been told, now from the declared model
+    ({"prompt": None}, "No prompt provided"),
+    ({"prompt": ["not", "an", "object"]}, "No prompt provided"),
+    ({"client_id": 5}, "Invalid client_id"),
+    ({"extra_data": []}, "Invalid extra_data"),
+    ({"extra_data": None}, "Invalid extra_data"),
+    ({"prompt_id": "has spaces"}, "Invalid prompt_id"),
+    ({"prompt_id": "x" * 129}, "Invalid prompt_id"),
+    ({"number": True}, "Invalid number"),
+    ({"number": "1"}, "Invalid number"),
+    ({"number": 2**53}, "Invalid number"),
+    ({"front": "yes"}, "Invalid front"),
+    ({"front": None}, "Invalid front"),
+    ({"partial_execution_targets": ["1", 2]}, "Invalid partial_execution_targets"),
+]
+
+
+async def test_prompt_bodies_are_checked_by_the_declared_model_with_the_known_messages(client) -> None:
+    for change, message in PROMPT_FIELD_ERRORS:
+        answer = await client.post("/prompt", json={"prompt": image_prompt(), **change})
+        body = await answer.json()
+        assert answer.status == 400 and body["error"]["message"] == message, (change, body)
+        assert body["error"]["type"] == "invalid_prompt" and body["node_errors"] == {}
+        ErrorBody.model_validate(body)
+    queued = await client.post("/prompt", json={"prompt": image_prompt(), "number": 7, "front": False,
+                                                "prompt_id": "id.1:a-b", "partial_execution_targets": None})
+    answer = await queued.json()
+    assert queued.status == 200 and answer["prompt_id"] == "id.1:a-b"
+    assert answer["number"] == 7 and isinstance(answer["number"], int)  # sent as an integer, kept one
+
+
+async def test_interrupt_and_free_bodies_are_checked_by_their_models(client) -> None:
+    for path, body, message in [("/interrupt", {"prompt_id": 1}, "prompt_id must be a string"),
+                                ("/free", {"unload_models": "yes"}, "unload_models and free_memory must be true or "
+                                                                    "false"),
+                                ("/free", {"free_memory": None}, "unload_models and free_memory must be true or "
+                                                                 "false")]:
+        answer = await client.post(path, json=body)
+        assert answer.status == 400 and (await answer.json())["error"]["message"] == message, (path, body)
+    assert (await client.post("/free", json={"unload_models": True, "ignored": 1})).status == 200
+    assert (await client.post("/interrupt", json={"prompt_id": None})).status == 200
