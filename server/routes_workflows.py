@@ -9,6 +9,10 @@
   and it finishes within that time.
 - `GET /workflows/{name}/runs/{run_id}`: status, progress of the running node, outputs by declared output name
   with `/view` URLs, the error if it failed.
+- `?callback=URL` on a run: the finished run's JSON is POSTed there, retried with backoff until a 2xx answer
+  (server.webhooks). An `Idempotency-Key` header (or `?idempotency_key=`) makes a repeated request return the
+  first run (header `Idempotent-Replayed: true`) instead of queueing again, for as long as that run is in the
+  queue or history; the same key with different inputs is a 409.
 
 `workflow_paths` gives `/openapi.json` one operation per workflow, each with its own request schema, so a client
 generated from the document gets a typed method per workflow.
@@ -17,6 +21,7 @@ generated from the document gets a typed method per workflow.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -32,6 +37,7 @@ from latentgraph.engine.library import (
     Library,
     WorkflowNotFound,
     WorkflowVersion,
+    content_hash,
     describe,
     extract_interface,
     prepare,
@@ -39,9 +45,11 @@ from latentgraph.engine.library import (
 from latentgraph.engine.workflow_format import ui_to_api
 from latentgraph.nodes.workflow_io import register_workflow_nodes
 from latentgraph.server.jsonio import ApiError, json_answer, read_object
-from latentgraph.server.queue import now_ms
+from latentgraph.server.queue import DuplicatePromptId, now_ms
 from latentgraph.server.state import ServerState, get_state
+from latentgraph.server.webhooks import call_back_when_done, check_callback_url
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 WORKFLOWS_ENV = "LATENTGRAPH_WORKFLOWS"
@@ -50,6 +58,8 @@ POLL_S = 0.05
 RUN_KEY = "workflow_run"  # where a run's name, version and output map live in the queue item's extra_data
 FINISHED = ("completed", "failed", "cancelled")
 OPERATION_ID = re.compile(r"[^A-Za-z0-9_]")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5b1d7c52-54a4-4e63-9c1e-0d6f3f1c2a13")
 
 
 def library_for(state: ServerState) -> Library:
@@ -153,6 +163,12 @@ async def post_run(request: web.Request) -> web.Response:
     state = get_state(request)
     wait = _query_wait(request)
     client_id = request.query.get("client_id") or None
+    key = request.headers.get("Idempotency-Key") or request.query.get("idempotency_key") or None
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "invalid_request", "Invalid idempotency key", "1-200 printable ASCII characters")
+    callback = request.query.get("callback") or None
+    if callback is not None and (problem := check_callback_url(callback)) is not None:
+        raise ApiError(400, "invalid_request", "Invalid callback URL", problem)
     values = await read_object(request, state.options.max_json_bytes, allow_empty=True)
     version = await asyncio.to_thread(_resolve, state, _ref(request))
     executor = state.executor
@@ -165,17 +181,37 @@ async def post_run(request: web.Request) -> web.Response:
         interface, prepared = await asyncio.to_thread(check)
     except InterfaceError as exc:
         raise ApiError(409, "invalid_workflow", "The workflow's declarations are invalid", str(exc)[:2000]) from exc
+    except Exception as exc:  # a node's own check raised: the request's fault as /prompt reports it, never a 500
+        log.info("validation raised for a workflow run: %r", exc)
+        raise ApiError(400, "invalid_prompt", "Invalid prompt",
+                       f"validation failed: {type(exc).__name__}: {exc}"[:1000]) from exc
     if not prepared.ok:
         return await json_answer(prepared.as_response(), status=400)
 
-    run_id = str(uuid.uuid4())
+    # With an idempotency key the run id is derived from it: a second request with the key finds the first run
+    # (the queue refuses a duplicate id), for as long as that run is in the queue or history.
+    request_hash = content_hash({"inputs": values, "version": version.hash, "callback": callback})
+    run_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{version.name}\n{key}")) if key else str(uuid.uuid4())
     outputs = {name: out.node for name, out in interface.outputs.items() if out.index is None}
     extra_data: dict[str, Any] = {"create_time": now_ms(), RUN_KEY: {
-        "name": version.name, "version": version.version, "hash": version.hash, "outputs": outputs}}
+        "name": version.name, "version": version.version, "hash": version.hash, "outputs": outputs,
+        "request": request_hash}}
     if client_id:
         extra_data["client_id"] = client_id
-    state.queue.add(run_id, prepared.prompt, extra_data, list(prepared.validation.outputs))
-    state.broadcast_status()
+    replayed = False
+    try:
+        state.queue.add(run_id, prepared.prompt, extra_data, list(prepared.validation.outputs))
+    except DuplicatePromptId as exc:
+        first = state.queue.job(run_id)
+        first_run = ((first or {}).get("workflow", {}).get("extra_data") or {}).get(RUN_KEY) or {}
+        if first_run.get("request") != request_hash:
+            raise ApiError(409, "idempotency_key_reused", "The idempotency key was used for a different request",
+                           "send the same inputs (and version and callback) with a key, or use a new key") from exc
+        replayed = True
+    else:
+        state.broadcast_status()
+        if callback:
+            call_back_when_done(callback, run_id, lambda: _finished_view(state, run_id))
 
     deadline = time.monotonic() + wait
     job = state.queue.job(run_id)
@@ -184,7 +220,18 @@ async def post_run(request: web.Request) -> web.Response:
         job = state.queue.job(run_id)
     if job is None:  # deleted from the queue meanwhile
         raise ApiError(410, "run_gone", "The run was removed from the queue", run_id)
-    return await json_answer(run_view(state, job), status=200 if job["status"] in FINISHED else 202)
+    answer = await json_answer(run_view(state, job), status=200 if job["status"] in FINISHED else 202)
+    if replayed:
+        answer.headers["Idempotent-Replayed"] = "true"
+    return answer
+
+
+def _finished_view(state: ServerState, run_id: str) -> dict[str, Any] | None:
+    """The run's JSON once it has finished, None while it has not; LookupError when it left the queue unrun."""
+    job = state.queue.job(run_id)
+    if job is None:
+        raise LookupError(run_id)
+    return run_view(state, job) if job["status"] in FINISHED else None
 
 
 @routes.get("/workflows/{name:.+?}/runs/{run_id}")
@@ -246,7 +293,13 @@ def workflow_paths(state: ServerState) -> tuple[dict[str, Any], dict[str, Any]]:
              {"name": "version", "in": "query", "required": False, "schema": {"type": "string"},
               "description": "pin a version: a content-hash prefix or the human version"},
              {"name": "client_id", "in": "query", "required": False, "schema": {"type": "string"},
-              "description": "WebSocket clientId that receives the run's events"}]
+              "description": "WebSocket clientId that receives the run's events"},
+             {"name": "callback", "in": "query", "required": False, "schema": {"type": "string", "format": "uri"},
+              "description": "URL POSTed the finished run (retried with backoff until it answers 2xx)"},
+             {"name": "idempotency_key", "in": "query", "required": False, "schema": {"type": "string"},
+              "description": "same as the Idempotency-Key header: a repeated key returns the first run"},
+             {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+              "description": "a repeated key (same inputs) returns the first run instead of queueing again"}]
     name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     paths: dict[str, Any] = {
         "/workflows": {"get": {"summary": "Library workflows: versions and JSON Schemas of inputs and outputs",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from latentgraph.nodes import workflow_io
@@ -187,3 +188,47 @@ def test_no_body_makes_a_server_error(cheap_server, body, wait, ref) -> None:
     assert status < 500, text
     if status == 400 and "input_errors" in json.loads(text):  # errors name inputs the caller sent
         assert isinstance(body, dict) and set(json.loads(text)["input_errors"]) <= set(body)
+
+
+async def test_a_callback_gets_exactly_one_accepted_call_after_transient_failures(client, base_dir: Path,
+                                                                                   aiohttp_server) -> None:
+    calls: list[tuple[dict, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        calls.append((await request.json(), request.headers.get("Idempotency-Key", "")))
+        return web.Response(status=500 if len(calls) <= 2 else 200)  # fails twice, then accepts
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    server = await aiohttp_server(receiver, host="127.0.0.1")
+    write_user_workflow(base_dir, "scale", image_workflow())
+    answer = await client.post("/api/workflows/scale/runs", params={"callback": str(server.make_url("/hook"))},
+                               json={"width": 10})
+    run = await answer.json()
+    for _ in range(400):
+        if len(calls) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.5)  # the next retry would have come 2 s after the third call: none may come
+    assert len(calls) == 3
+    assert all(body["id"] == run["id"] and body["status"] == "completed" and key == run["id"] for body, key in calls)
+    assert calls[-1][0]["outputs"]["scaled"][0]["url"].startswith("/api/view?")
+    bad = await client.post("/api/workflows/scale/runs", params={"callback": "file:///etc/passwd"}, json={})
+    assert bad.status == 400
+
+
+async def test_an_idempotency_key_queues_once(client, base_dir: Path) -> None:
+    write_user_workflow(base_dir, "scale", image_workflow())
+    headers = {"Idempotency-Key": "order-17"}
+    first = await client.post("/api/workflows/scale/runs?wait=60", json={"width": 12}, headers=headers)
+    again = await client.post("/api/workflows/scale/runs?wait=60", json={"width": 12}, headers=headers)
+    assert first.status == again.status == 200
+    assert (await first.json())["id"] == (await again.json())["id"]
+    assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first.headers
+    assert (await (await client.get("/api/jobs")).json())["pagination"]["total"] == 1
+    reused = await client.post("/api/workflows/scale/runs", json={"width": 13}, headers=headers)
+    assert reused.status == 409 and (await reused.json())["error"]["type"] == "idempotency_key_reused"
+    other = await client.post("/api/workflows/scale/runs?wait=60&idempotency_key=order-18", json={"width": 12})
+    assert (await other.json())["id"] != (await first.json())["id"]
+    assert (await (await client.get("/api/jobs")).json())["pagination"]["total"] == 2
+    assert (await client.post("/api/workflows/scale/runs", json={}, headers={"Idempotency-Key": "a b"})).status == 400
