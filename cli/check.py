@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from latentgraph.cli.common import (
     EXIT_INVALID,
@@ -15,6 +16,7 @@ from latentgraph.cli.common import (
     load_workflow_file,
     make_executor,
 )
+from latentgraph.engine.workflow_format import ConversionError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,12 +32,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=check_command)
 
 
+def file_error_response(exc: WorkflowFileError) -> dict[str, Any]:
+    """ComfyUI's {error, node_errors} body for a file that could not be read or converted, so that `--json` always
+    prints JSON: unknown node types as ComfyUI reports them (missing_node_type, every such node listed)."""
+    cause = exc.__cause__
+    unknown = cause.unknown if isinstance(cause, ConversionError) else []
+    node_errors = {
+        node_id: {"errors": [{"type": "missing_node_type",
+                              "message": f"Node '{node_type}' not found. The custom node may not be installed.",
+                              "details": f"Node ID '#{node_id}'",
+                              "extra_info": {"node_id": node_id, "class_type": node_type}}],
+                  "dependent_outputs": [], "class_type": node_type}
+        for node_id, node_type in unknown
+    }
+    if unknown:
+        error = dict(next(iter(node_errors.values()))["errors"][0])
+    else:
+        error = {"type": "invalid_prompt", "message": "Invalid prompt", "details": str(exc), "extra_info": {}}
+    return {"error": error, "node_errors": node_errors}
+
+
 def check_command(args: argparse.Namespace) -> int:
     executor = make_executor(args.base_dir)
     try:
         prompt, _ = load_workflow_file(args.workflow, executor)
     except WorkflowFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(file_error_response(exc), indent=2))
         return EXIT_INVALID
     validation = executor.validate(prompt)
     if args.json:

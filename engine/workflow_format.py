@@ -39,8 +39,10 @@ MAX_HOPS = 10_000  # reroutes, bypassed nodes and subgraph borders one link may 
 class ConversionError(ValueError):
     """A UI workflow that cannot be turned into an API prompt; names the node when one is at fault."""
 
-    def __init__(self, message: str, node_id: str | None = None, node_type: str | None = None) -> None:
+    def __init__(self, message: str, node_id: str | None = None, node_type: str | None = None,
+                 unknown: list[tuple[str, str]] | None = None) -> None:
         self.node_id, self.node_type = node_id, node_type
+        self.unknown: list[tuple[str, str]] = list(unknown or [])  # every (node id, type) nothing here provides
         prefix = f"node {node_id} ({node_type}): " if node_id is not None else ""
         super().__init__(prefix + message)
 
@@ -335,7 +337,13 @@ class _Converter:
         self._resolved: dict[tuple[Any, ...], Any] = {}
 
     def convert(self) -> dict[str, dict]:
+        self.unknown: list[tuple[str, str]] = []
         self._emit_scope(self.root, depth=0)
+        if self.unknown:  # all of them at once: a user installs every missing package in one go
+            (first_id, first_type), others = self.unknown[0], self.unknown[1:]
+            more = f" (also unknown: {', '.join(f'node {i} ({t})' for i, t in others)})" if others else ""
+            raise ConversionError(f"unknown node type; install the node package that provides it{more}",
+                                  first_id, first_type, unknown=self.unknown)
         return self.prompt
 
     # ---- scopes
@@ -366,8 +374,8 @@ class _Converter:
             if node_type not in self.object_info:
                 if self._is_frontend_only(node):
                     continue
-                raise ConversionError("unknown node type; install the node package that provides it",
-                                      scope.full_id(node["id"]), node_type)
+                self.unknown.append((scope.full_id(node["id"]), node_type))
+                continue
             self.prompt[scope.full_id(node["id"])] = self._emit_node(scope, node, depth)
 
     @staticmethod

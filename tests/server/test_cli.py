@@ -83,6 +83,23 @@ def test_check_reports_every_fault_by_node_id(base):
     assert not (base / "output").exists() or not any((base / "output").iterdir())
 
 
+def test_check_json_lists_every_unknown_node_of_an_editor_workflow(base):
+    """Converting stops at nothing: each unknown node is a missing_node_type, and --json always prints JSON."""
+    ui = json.loads((Path(__file__).parent / "data" / "ui_txt2img_v04.json").read_text())
+    ui["nodes"][6]["type"] = "SaveVideoMagic"
+    ui["nodes"][2]["type"] = "EmptyHunyuanLatent"
+    (base / "ui.json").write_text(json.dumps(ui))
+    result = latentgraph("check", "ui.json", "--json", cwd=base)
+    assert result.returncode == 2
+    body = json.loads(result.stdout)
+    assert body["error"]["type"] == "missing_node_type"
+    assert {k: v["class_type"] for k, v in body["node_errors"].items()} == {"5": "EmptyHunyuanLatent",
+                                                                             "9": "SaveVideoMagic"}
+    (base / "broken.json").write_text("{not json")
+    broken = latentgraph("check", "broken.json", "--json", cwd=base)
+    assert broken.returncode == 2 and json.loads(broken.stdout)["error"]["type"] == "invalid_prompt"
+
+
 def test_check_accepts_a_valid_workflow(base):
     result = latentgraph("check", str(image_workflow(base / "wf.json")), cwd=base)
     assert result.returncode == 0

@@ -182,6 +182,15 @@ def test_unknown_node_type_error_names_the_node(object_info: dict) -> None:
     assert info.value.node_id == "9" and info.value.node_type == "SaveVideoMagic"
 
 
+def test_every_unknown_node_type_is_reported_at_once(object_info: dict) -> None:
+    workflow = load("ui_txt2img_v04.json")
+    workflow["nodes"][6]["type"] = "SaveVideoMagic"
+    workflow["nodes"][2]["type"] = "EmptyHunyuanLatent"
+    with pytest.raises(ConversionError, match=r"also unknown: node 9 \(SaveVideoMagic\)") as info:
+        ui_to_api(workflow, object_info)
+    assert info.value.unknown == [("5", "EmptyHunyuanLatent"), ("9", "SaveVideoMagic")]
+
+
 def test_widget_count_mismatch_error_names_the_node(object_info: dict) -> None:
     workflow = load("ui_txt2img_v04.json")
     workflow["nodes"][2]["widgets_values"] = [512, 512, 1, 7, 8]
