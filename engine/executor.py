@@ -12,6 +12,7 @@ The same reports go out as `latentgraph.node_reason` events, which ComfyUI clien
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 import uuid
@@ -39,6 +40,7 @@ from latentgraph.engine.node import NodeOutput
 from latentgraph.engine.registry import Registry
 from latentgraph.engine.validate import InvalidPrompt, Validation, validate
 
+log = logging.getLogger(__name__)
 DEFAULT_CACHE_BYTES = 4 * 1024**3
 MAX_RECORDS = 100_000  # node ids remembered for reasons; the oldest are forgotten first
 REASON_EVENT = "latentgraph.node_reason"
@@ -120,6 +122,8 @@ class Executor:
         self.generation = 0  # bumped when the cache is cleared, so a reason can tell "freed" from "evicted"
         self._default_probe = RssPeakProbe()
         self._class_ms: dict[str, float] = {}  # last wall time per class: cheap classes skip the memory probe
+        # called with (result, prompt_id) as each run ends, before it returns: the server records timings here
+        self.listeners: list[Callable[[RunResult, str], None]] = []
 
     @property
     def probe(self) -> MemoryProbe:
@@ -401,6 +405,11 @@ class Executor:
                 status = stopped if node_id == current and stopped else "not_run"
                 reports[node_id] = {**report, "status": status}
         emit("executing", {"node": None, "display_node": None, "prompt_id": prompt_id})
+        for listener in self.listeners:
+            try:
+                listener(result, prompt_id)
+            except Exception:  # a listener (a full disk under the timing records) must not fail the run
+                log.exception("a run listener failed for prompt %s", prompt_id)
         return result
 
 

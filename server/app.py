@@ -25,6 +25,7 @@ from latentgraph.server import (
 from latentgraph.server.jsonio import json_errors
 from latentgraph.server.options import ServerOptions, is_loopback
 from latentgraph.server.queue import PromptQueue
+from latentgraph.server.routes_insight import add_insight_routes
 from latentgraph.server.routes_logs import add_log_buffer
 from latentgraph.server.routes_static import add_static_routes
 from latentgraph.server.routes_templates import add_template_routes
@@ -32,6 +33,7 @@ from latentgraph.server.routes_ws import add_websocket_route
 from latentgraph.server.routing import add_api_routes
 from latentgraph.server.security import security_middlewares
 from latentgraph.server.state import STATE, ServerState, broadcast_status
+from latentgraph.server.timings import TimingStore, record_run
 from latentgraph.server.worker import Worker
 from latentgraph.server.ws import Hub
 
@@ -46,6 +48,8 @@ def create_app(options: ServerOptions) -> web.Application:
     register_workflow_nodes(registry, env)  # saved workflows offered as nodes in the editor
     queue = PromptQueue(options.database_path, options.history_limit)
     hub = Hub()
+    timings = TimingStore(options.database_path)
+    executor.listeners.append(record_run(queue, timings))
     worker = Worker(executor, queue, hub, lambda: broadcast_status(queue, hub),
                     preview_interval_s=options.preview_interval_s, preview_max_size=options.preview_max_size)
     state = ServerState(options, executor, queue, hub, worker)
@@ -63,6 +67,7 @@ def create_app(options: ServerOptions) -> web.Application:
     app.router.add_routes(routes_info.internal_routes)
     add_template_routes(app)
     add_log_buffer(app)
+    add_insight_routes(app, timings)
     add_static_routes(app)  # last: the editor's static files claim top-level names
 
     async def start(app: web.Application) -> None:
@@ -75,6 +80,7 @@ def create_app(options: ServerOptions) -> web.Application:
     async def stop(app: web.Application) -> None:
         await asyncio.to_thread(state.worker.stop)
         queue.close()
+        timings.close()
 
     app.on_startup.append(start)
     app.on_shutdown.append(close_sockets)

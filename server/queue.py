@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS prompts (
     meta TEXT,
     error TEXT,
     outputs_count INTEGER,
-    preview_output TEXT
+    preview_output TEXT,
+    nodes TEXT
 );
 CREATE INDEX IF NOT EXISTS prompts_state_number ON prompts(state, number);
 CREATE INDEX IF NOT EXISTS prompts_done_seq ON prompts(done_seq);
@@ -124,6 +125,8 @@ class PromptQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        if "nodes" not in {row["name"] for row in self._db.execute("PRAGMA table_info(prompts)")}:
+            self._db.execute("ALTER TABLE prompts ADD COLUMN nodes TEXT")  # a database from before node reports
         row = self._db.execute("SELECT MAX(ABS(number)) AS n, MAX(done_seq) AS s FROM prompts").fetchone()
         self._counter = int(row["n"] or 0) + 1
         self._done_seq = int(row["s"] or 0)
@@ -225,6 +228,12 @@ class PromptQueue:
                                                outputs, meta, failed)
                 raise StorageError(reason) from exc
 
+    def set_nodes(self, prompt_id: str, nodes: dict[str, Any]) -> None:
+        """Stores the executor's per-node report of a prompt (status, why it ran, costs) for history and jobs."""
+        with self._lock:
+            self._db.execute("UPDATE prompts SET nodes = ? WHERE prompt_id = ?",
+                             (json.dumps(nodes, default=str), prompt_id))
+
     def flush_unrecorded(self) -> bool:
         """Writes the results the database refused earlier; True when none is left (the worker may go on)."""
         with self._lock:
@@ -321,7 +330,7 @@ class PromptQueue:
             "status": {"status_str": row["status_str"], "completed": bool(row["completed"]),
                        "messages": json.loads(row["messages"])},
             "meta": json.loads(row["meta"]),
-        }
+        } | ({"latentgraph": {"nodes": json.loads(row["nodes"])}} if row["nodes"] else {})  # clients ignore it
 
     def history(self, max_items: int | None = None, offset: int | None = None) -> dict[str, Any]:
         """Finished prompts, oldest first; by default the newest `max_items` (ComfyUI's offset -1)."""
@@ -371,6 +380,8 @@ class PromptQueue:
             job["outputs"] = entry["outputs"]
             job["execution_status"] = entry["status"]
             job["workflow"] = {"prompt": entry["prompt"][2], "extra_data": entry["prompt"][3]}
+            if "latentgraph" in entry:
+                job["latentgraph"] = entry["latentgraph"]
         return job
 
     def jobs(self, statuses: list[str] | None = None, workflow_id: str | None = None, sort_by: str = "created_at",

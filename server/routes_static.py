@@ -22,7 +22,8 @@ from latentgraph.server.userfiles import user_root
 FRONTEND_PACKAGE = "comfyui_frontend_package"
 EXTENSION_SCRIPT = Path(__file__).with_name("editor_default_workflow.js")
 EXTENSION_URL = "/latentgraph/default-workflow.js"
-EDITOR_EXTENSIONS = [EXTENSION_URL]  # what /extensions lists: scripts the editor imports at boot
+INSIGHT_URL = "/latentgraph/insight.js"  # served by routes_insight: node badges, reasons, the run estimate
+EDITOR_EXTENSIONS = [EXTENSION_URL, INSIGHT_URL]  # what /extensions lists: scripts the editor imports at boot
 
 NOT_INSTALLED_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>latentgraph</title>

@@ -12,7 +12,8 @@ from tests.server.helpers import finished, image_prompt, receive_until, slow_pro
 
 def events_of(messages: list, prompt_id: str) -> list[tuple]:
     return [(m["type"], m["data"].get("node")) for m in messages
-            if isinstance(m, dict) and m["type"] != "status" and m["data"].get("prompt_id") == prompt_id]
+            if isinstance(m, dict) and m["type"] != "status" and not m["type"].startswith("latentgraph.")
+            and m["data"].get("prompt_id") == prompt_id]  # our own extra messages are tested in test_insight
 
 
 async def test_queue_follow_view_history_jobs(client):
@@ -168,7 +169,8 @@ async def test_info_routes(client):
     assert isinstance(checkpoints, list) and all(isinstance(name, str) for name in checkpoints)
     assert (await client.get("/models/nope")).status == 404
     assert await (await client.get("/embeddings")).json() == []
-    assert await (await client.get("/api/extensions")).json() == ["/latentgraph/default-workflow.js"]
+    assert await (await client.get("/api/extensions")).json() == ["/latentgraph/default-workflow.js",
+                                                                  "/latentgraph/insight.js"]
     spec = await (await client.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.") and "/prompt" in spec["paths"] and "/jobs/{job_id}/cancel" in spec["paths"]
 
