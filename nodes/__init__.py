@@ -35,8 +35,8 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.sd.nodes_sdxl",
     "latentgraph.nodes.sd.nodes_sd3",
     "latentgraph.nodes.sd.upscale_model",
+    "latentgraph.training.nodes",
     "latentgraph.nodes.sd.vae_tiled",
-    "latentgraph.nodes.sd.training_nodes",
 ]
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"

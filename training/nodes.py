@@ -1,6 +1,9 @@
 """Training as a node: `TrainLora` fine-tunes a LoRA on the images and captions of a workflow and hands back the
 MODEL and CLIP with it applied, so that one workflow can train and then draw with the result.
 
+It lives in the training package (which may use the nodes, not the other way round) and is named in
+latentgraph.nodes.BUILTIN_MODULES like any built-in node module.
+
 The LoRA file is named by a hash of everything that decides its content (the checkpoint file, the images' pixels,
 the captions and the settings) and is written to models/loras, where LoraLoader lists it at once; when that file
 exists already, training is skipped, so a re-run (even after a restart) costs nothing and an edited caption or
@@ -25,6 +28,7 @@ from latentgraph.engine.types import Clip, Image, Model
 from latentgraph.nodes.sd.checkpoint import file_identity
 from latentgraph.nodes.sd.handles import ClipHandle, ModelHandle
 from latentgraph.nodes.sd.lora import LoraPatch
+from latentgraph.training.lora import LoraConfig, train_lora
 from PIL import Image as PILImage
 
 
@@ -64,8 +68,6 @@ class TrainLora(Node):
     strength_clip: float = Input(1.0, ge=-100.0, le=100.0, step=0.01)
 
     def execute(self, ctx: RunContext) -> tuple:
-        from latentgraph.training.lora import LoraConfig, train_lora
-
         model, clip = self.model, self.clip
         if not isinstance(model, ModelHandle) or not isinstance(clip, ClipHandle) or model.family not in ("sd1", "sd2"):
             raise ValueError("TrainLora trains LoRAs for SD1.x and SD2.x checkpoints (loaded by Load Checkpoint)")
