@@ -96,6 +96,8 @@ class Node(BaseModel):
     OUTPUT_NODE: ClassVar[bool] = False
     DETERMINISTIC: ClassVar[bool] = True
     VERSION: ClassVar[int] = 1
+    # Upgrades of saved inputs, keyed by the version they upgrade from (engine.migrate applies them on load).
+    MIGRATIONS: ClassVar[dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
     RETURN_TYPES: ClassVar[tuple[str, ...]] = ()
     RETURN_NAMES: ClassVar[tuple[str, ...] | None] = None
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from latentgraph.engine.context import Environment
+from latentgraph.engine.migrate import migrate_prompt
 from latentgraph.engine.node import Node, NodeSpec, node_spec
 
 Expander = Callable[[Any, "Registry", Environment], Any]
@@ -25,10 +26,11 @@ class Registry:
         self.expanders.append(expander)
 
     def expand(self, data: Any, env: Environment) -> Any:
-        """The workflow after every expander; an expander raises ValueError for a workflow it cannot expand."""
+        """The workflow after every expander, then with each node upgraded to its class's version (engine.migrate);
+        both raise ValueError for a workflow they cannot handle."""
         for expander in self.expanders:
             data = expander(data, self, env)
-        return data
+        return migrate_prompt(data, self, env)
 
     def register(self, cls: type[Node]) -> type[Node]:
         node_spec(cls)  # a malformed declaration fails here, at load time, not at run time
