@@ -53,7 +53,8 @@ def migrate_node(node_id: str, node: dict[str, Any], cls: type) -> dict[str, Any
                                  f"{current} and has no migration from version {version}")
         inputs = step(inputs)
         version += 1
-    meta = node.get("_meta") if isinstance(node.get("_meta"), dict) else {}
+    saved_meta = node.get("_meta")
+    meta: dict[str, Any] = saved_meta if isinstance(saved_meta, dict) else {}
     return {**node, "inputs": inputs, "_meta": {**meta, MARKER: current}}
 
 
