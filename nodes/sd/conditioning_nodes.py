@@ -5,6 +5,10 @@ SD3) and what nodes add. The sampler runs the model once per entry and averages 
 entry's `strength`, which is how ComfyUI combines conditionings without areas, so ConditioningSetAreaStrength is
 exact here. Names, inputs and arithmetic are ComfyUI's.
 
+InpaintModelConditioning adds ComfyUI's `concat_latent_image` / `concat_mask` options, which only inpainting
+models (9-channel UNets) read; for the ordinary checkpoints the sampler takes, its effect is its latent: the
+image encoded, with the mask as noise mask, exactly as in ComfyUI.
+
 Not here: area, mask and timestep-range conditioning (ConditioningSetArea, ...SetAreaPercentage, ...SetMask,
 ...SetTimestepRange) need the sampling loop to honour those options; until it does, they are not registered, so a
 workflow using them is refused at validation rather than run with the option silently ignored.
@@ -16,9 +20,11 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from latentgraph.engine.context import RunContext
 from latentgraph.engine.node import Input, Node
-from latentgraph.engine.types import Conditioning
+from latentgraph.engine.types import Conditioning, Image, Mask, Vae
+from latentgraph.nodes.sd.vae_nodes import crop_to_multiple, encode
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +117,37 @@ class ConditioningSetAreaStrength(Node):
 
     def execute(self, ctx: RunContext) -> tuple:
         return (set_values(self.conditioning, {"strength": self.strength}),)
+
+
+class InpaintModelConditioning(Node):
+    """Prepares inpainting: the image encoded as the latent (the mask as its noise mask), and the masked-out image
+    (masked area grey) encoded into both conditionings for inpainting models."""
+
+    CATEGORY = "conditioning/inpaint"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+
+    positive: Conditioning
+    negative: Conditioning
+    vae: Vae
+    pixels: Image
+    mask: Mask
+    noise_mask: bool = Input(True, tooltip="Add a noise mask to the latent so sampling will only happen within the "
+                                           "mask. Might improve results or completely break things depending on the "
+                                           "model.")
+
+    def execute(self, ctx: RunContext) -> tuple:
+        pixels = self.pixels
+        mask = self.mask.reshape(-1, 1, self.mask.shape[-2], self.mask.shape[-1]).float()
+        mask = F.interpolate(mask, size=(pixels.shape[1], pixels.shape[2]), mode="bilinear")
+        height, width = (pixels.shape[1] // 8) * 8, (pixels.shape[2] // 8) * 8
+        top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
+        mask = mask[:, :, top:top + height, left:left + width]
+        cropped = crop_to_multiple(pixels)[..., :3]
+        keep = (1.0 - mask.round()).squeeze(1).unsqueeze(-1)
+        concat_latent = encode(self.vae, (cropped - 0.5) * keep + 0.5)
+        latent: dict[str, Any] = {"samples": encode(self.vae, cropped)}
+        if self.noise_mask:
+            latent["noise_mask"] = mask
+        values = {"concat_latent_image": concat_latent, "concat_mask": mask}
+        return (set_values(self.positive, values), set_values(self.negative, values), latent)

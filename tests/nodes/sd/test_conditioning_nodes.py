@@ -14,6 +14,7 @@ from latentgraph.nodes.sd.conditioning_nodes import (
     ConditioningSetAreaStrength,
     ConditioningZeroOut,
 )
+from safetensors.torch import load_file
 
 from tests.nodes.sd.conftest import TINY
 from tests.nodes.sd.sd_helpers import output_pixels, txt2img
@@ -122,3 +123,61 @@ def test_zero_out_concat_and_average_run_through_the_sampler(shared_executor):
 def test_set_area_strength_sets_only_strength():
     out = run(ConditioningSetAreaStrength(conditioning=cond(77, 9), strength=2.5))
     assert out[0][1]["strength"] == 2.5 and out[0][1]["extra"] == "kept"
+
+
+def test_inpaint_model_conditioning_encodes_image_and_greyed_image(shared_executor):
+    """Reference (ComfyUI's InpaintModelConditioning): mask resized bilinearly to the image and cropped with it to
+    multiples of 8; latent = encode(image), noise_mask = that mask; concat_latent_image = encode(image with the
+    pixels where round(mask) == 1 set to 0.5), in both conditionings."""
+    from latentgraph.nodes.sd.conditioning_nodes import InpaintModelConditioning
+    from latentgraph.nodes.sd.loader_nodes import CheckpointLoaderSimple
+    from latentgraph.nodes.sd.vae_nodes import encode
+
+    from tests.nodes.sd.sd_helpers import run_context
+
+    ctx = run_context(shared_executor.env)
+    vae = CheckpointLoaderSimple(ckpt_name=TINY).execute(ctx)[2]
+    pixels = torch.rand(1, 36, 42, 3, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(1, 18, 21)
+    mask[:, 4:12, 5:15] = 1.0
+    positive, negative = cond(77, 10), cond(77, 11)
+    pos, neg, latent = InpaintModelConditioning(positive=positive, negative=negative, vae=vae, pixels=pixels,
+                                                mask=mask, noise_mask=True).execute(ctx)
+    big = torch.nn.functional.interpolate(mask[:, None], size=(36, 42), mode="bilinear")[:, :, 2:34, 1:41]
+    image = pixels[:, 2:34, 1:41]
+    greyed = torch.where(big.round()[:, 0, :, :, None] == 1, torch.full_like(image, 0.5), image)
+    torch.testing.assert_close(latent["noise_mask"], big)
+    torch.testing.assert_close(latent["samples"], encode(vae, image))
+    for entries in (pos, neg):
+        torch.testing.assert_close(entries[0][1]["concat_latent_image"], encode(vae, greyed))
+        torch.testing.assert_close(entries[0][1]["concat_mask"], big)
+    assert pos[0][0] is positive[0][0] and "concat_mask" not in positive[0][1]
+    (_, _, no_mask) = InpaintModelConditioning(positive=positive, negative=negative, vae=vae, pixels=pixels,
+                                               mask=mask, noise_mask=False).execute(ctx)
+    assert "noise_mask" not in no_mask
+
+
+def test_inpaint_model_conditioning_workflow_samples_only_the_masked_area(shared_executor):
+    workflow = txt2img(TINY, steps=2, size=32)
+    workflow.update({
+        "30": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0x808080}},
+        "31": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 32}},
+        "32": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 32, "height": 32}},
+        "33": {"class_type": "MaskComposite", "inputs": {"destination": ["32", 0], "source": ["31", 0], "x": 16,
+                                                         "y": 0, "operation": "add"}},
+        "34": {"class_type": "InpaintModelConditioning", "inputs": {
+            "positive": ["6", 0], "negative": ["7", 0], "vae": ["4", 2], "pixels": ["30", 0], "mask": ["33", 0],
+            "noise_mask": True}},
+    })
+    workflow["3"]["inputs"].update({"positive": ["34", 0], "negative": ["34", 1], "latent_image": ["34", 2]})
+    workflow["40"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["30", 0], "vae": ["4", 2]}}
+    workflow["41"] = {"class_type": "SaveLatent", "inputs": {"samples": ["40", 0], "filename_prefix": "plain"}}
+    workflow["42"] = {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": "inpainted"}}
+    result = shared_executor.run(workflow)
+    assert result.status == "success", result.error
+    out = shared_executor.env.folders.output_dir
+    plain = load_file(out / result.outputs["41"]["latents"][0]["filename"])["latent_tensor"]
+    inpainted = load_file(out / result.outputs["42"]["latents"][0]["filename"])["latent_tensor"]
+    # the mask is 0 on the left 16 pixels: those 2 latent columns keep the encoded image, the rest is sampled
+    torch.testing.assert_close(inpainted[..., :2], plain[..., :2], atol=1e-4, rtol=1e-4)
+    assert float((inpainted[..., 2:] - plain[..., 2:]).abs().max()) > 0.1
