@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from latentgraph.engine.folders import Folders
 from latentgraph.engine.interrupt import InterruptToken
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 Sink = Callable[[str, dict[str, Any]], None]
+S = TypeVar("S")
 
 
 class Environment:
@@ -21,10 +22,21 @@ class Environment:
     def __init__(self, base_dir: Path, folders: Folders | None = None) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.folders = folders or Folders(self.base_dir)
-        self.services: dict[str, Any] = {}
+        self.services: dict[type | str, Any] = {}
 
-    def service(self, name: str, factory: Callable[[Environment], Any]) -> Any:
-        """The shared service `name`, created by `factory` on first use."""
+    @overload
+    def service(self, name: type[S], factory: Callable[[Environment], S]) -> S: ...
+
+    @overload
+    def service(self, name: str, factory: Callable[[Environment], Any]) -> Any: ...
+
+    def service(self, name: type | str, factory: Callable[[Environment], Any]) -> Any:
+        """The shared service keyed by `name`, created by `factory` on first use.
+
+        Key a service by its class (`env.service(ModelManager, ...)`): the result is then typed, and no two packages
+        can collide on a string. The engine knows nothing of what services hold; a service that holds memory
+        implements `free()` (called by `free()` below, on /free) and may report `cache_bytes()`.
+        """
         if name not in self.services:
             self.services[name] = factory(self)
         return self.services[name]
@@ -35,6 +47,11 @@ class Environment:
             free = getattr(service, "free", None)
             if callable(free):
                 free()
+
+    def service_bytes(self) -> int:
+        """Bytes the services say they hold (those that implement `cache_bytes()`)."""
+        sizes = (getattr(service, "cache_bytes", None) for service in self.services.values())
+        return sum(int(size()) for size in sizes if callable(size))
 
 
 class RunContext:

@@ -37,8 +37,13 @@ class UnknownCheckpoint(ValueError):
 
 
 @cache
+def _config_text(family: str, component: str) -> str:
+    return (CONFIG_DIR / family / f"{component}.json").read_text()
+
+
 def family_config(family: str, component: str) -> dict[str, Any]:
-    return json.loads((CONFIG_DIR / family / f"{component}.json").read_text())
+    """A shipped config, parsed afresh: callers may change their copy without changing anyone else's."""
+    return json.loads(_config_text(family, component))
 
 
 @dataclass

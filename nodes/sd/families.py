@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from latentgraph.engine.context import Environment
-from latentgraph.engine.devices import weight_dtype
 from latentgraph.engine.folders import Folders
-from latentgraph.engine.models import ModelManager
 from latentgraph.nodes.sd.checkpoint import CheckpointInfo, TensorFile, file_identity, refuse_pickle
 from latentgraph.nodes.sd.detect import METADATA_KEY, Shapes, UnknownCheckpoint, family_config
+from latentgraph.nodes.sd.devices import weight_dtype
 from latentgraph.nodes.sd.flow import FlowSpace
 from latentgraph.nodes.sd.handles import HANDLE_BYTES, ModelHandle, VaeHandle, checkpoint_info, model_manager
+from latentgraph.nodes.sd.models import ModelManager
 from latentgraph.nodes.sd.multiclip import sd3_conditioning, sdxl_conditioning
 from latentgraph.nodes.sd.noise_space import NoiseSpace
 from latentgraph.nodes.sd.sd3 import (
@@ -134,13 +134,13 @@ class Part:
     def key(self) -> str:
         return f"{self.identity}#{self.part}#{self.dtype}"
 
-    def loader(self) -> Callable[[], torch.nn.Module]:
+    def loader(self, env: Environment) -> Callable[[], torch.nn.Module]:
         def load() -> torch.nn.Module:
             if self.part == "transformer_file":
                 return load_transformer_file(self.path, self.dtype)
             if self.part == "text_file":
                 return load_text_encoder_file(self.path, self.dtype)
-            return load_family_component(checkpoint_info(self.path, self.identity), self.part, self.dtype)
+            return load_family_component(checkpoint_info(env, self.path, self.identity), self.part, self.dtype)
         return load
 
 
@@ -242,7 +242,7 @@ class MultiClipHandle:
 
     def preload(self) -> None:
         for _, p in self.encoders:
-            self.manager.get(p.key, p.loader())
+            self.manager.get(p.key, p.loader(self.env))
 
     def with_layer(self, layer: int) -> MultiClipHandle:
         return replace(self, layer=layer)
@@ -256,13 +256,13 @@ class MultiClipHandle:
         clip = next((p for role, p in self.encoders if role != "t5"), None)
         if clip is None:
             raise ValueError(self._missing("a CLIP text encoder"))
-        with self.manager.use(clip.key, clip.loader()) as encoder:
+        with self.manager.use(clip.key, clip.loader(self.env)) as encoder:
             yield encoder
 
     @contextmanager
     def _all(self) -> Iterator[dict[str, torch.nn.Module]]:
         with ExitStack() as stack:
-            yield {role: stack.enter_context(self.manager.use(p.key, p.loader())) for role, p in self.encoders}
+            yield {role: stack.enter_context(self.manager.use(p.key, p.loader(self.env))) for role, p in self.encoders}
 
     def _missing(self, what: str) -> str:
         loaders = "DualCLIPLoader (type sdxl)" if self.family.startswith("sdxl") else \

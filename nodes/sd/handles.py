@@ -1,7 +1,7 @@
 """MODEL, CLIP and VAE values: light handles naming a checkpoint component, not the weights themselves.
 
 A handle says which file and which part of it, in which dtype, plus the patches (LoRAs) to apply while it runs.
-The weights live in the model manager (engine/models.py), shared by every node and run and loaded once per file
+The weights live in the model manager (nodes/sd/models.py), shared by every node and run and loaded once per file
 content; a handle asks for them in `use()`. Handles are small, so the executor's cache keeps them cheaply, and
 two handles for the same file share the same loaded weights.
 """
@@ -17,37 +17,28 @@ from typing import Any
 
 import torch
 from latentgraph.engine.context import Environment
-from latentgraph.engine.devices import weight_dtype
-from latentgraph.engine.models import ModelManager
 from latentgraph.nodes.sd.checkpoint import CheckpointInfo, inspect_checkpoint, load_component, load_vae_file
+from latentgraph.nodes.sd.devices import weight_dtype
 from latentgraph.nodes.sd.lora import LoraPatch, patched
 from latentgraph.nodes.sd.model_inputs import denoiser_output
+from latentgraph.nodes.sd.models import ModelManager
 from latentgraph.nodes.sd.noise_space import NoiseSpace, discrete_space
+from latentgraph.nodes.sd.services import CheckpointInfos, model_manager
+
+__all__ = ["ClipHandle", "Component", "ModelHandle", "VaeHandle", "checkpoint_info", "checkpoint_infos", "component",
+           "model_manager"]
 
 HANDLE_BYTES = 1024
-INFO_CACHE_SIZE = 16
-_INFO_CACHE: dict[str, CheckpointInfo] = {}
 
 
-def model_manager(env: Environment) -> ModelManager:
-    """The environment's shared model manager."""
-    return env.service("models", lambda _env: ModelManager())
+def checkpoint_infos(env: Environment) -> CheckpointInfos:
+    """The environment's checkpoint facts (header reads remembered per file content, cleared by /free)."""
+    return env.service(CheckpointInfos, lambda _env: CheckpointInfos(inspect_checkpoint))
 
 
-def checkpoint_info(path: Path, identity: str) -> CheckpointInfo:
-    """Header facts of a checkpoint, read once per file content (a few recent files are remembered).
-
-    An opted-in pickled file has no header to read lazily: its whole state dict is loaded, so it is not kept.
-    """
-    info = _INFO_CACHE.get(identity)
-    if info is None:
-        info = inspect_checkpoint(path)
-        tensors = info.extra.get("tensors")
-        if tensors is None or tensors.lazy:
-            if len(_INFO_CACHE) >= INFO_CACHE_SIZE:
-                _INFO_CACHE.pop(next(iter(_INFO_CACHE)))
-            _INFO_CACHE[identity] = info
-    return info
+def checkpoint_info(env: Environment, path: Path, identity: str) -> CheckpointInfo:
+    """Header facts of a checkpoint, read once per file content in this environment."""
+    return checkpoint_infos(env).get(path, identity)
 
 
 @dataclass(frozen=True)
@@ -63,11 +54,11 @@ class Component:
     def key(self) -> str:
         return f"{self.identity}#{self.part}#{self.dtype}"
 
-    def loader(self) -> Callable[[], torch.nn.Module]:
+    def loader(self, env: Environment) -> Callable[[], torch.nn.Module]:
         def load() -> torch.nn.Module:
             if self.part == "vae_file":
                 return load_vae_file(self.path, self.dtype)
-            return load_component(checkpoint_info(self.path, self.identity), self.part, self.dtype)
+            return load_component(checkpoint_info(env, self.path, self.identity), self.part, self.dtype)
         return load
 
 
@@ -90,7 +81,7 @@ class _Handle:
 
     def preload(self) -> None:
         """Loads the weights now, so that a broken file fails at the loader node."""
-        self.manager.get(self.component.key, self.component.loader())
+        self.manager.get(self.component.key, self.component.loader(self.env))
 
 
 @dataclass(frozen=True)
@@ -120,8 +111,8 @@ class ModelHandle(_Handle):
 
     @contextmanager
     def use(self) -> Iterator[torch.nn.Module]:
-        with self.manager.use(self.component.key, self.component.loader()) as unet:
-            with patched(unet, self.patches) if self.patches else nullcontext():
+        with self.manager.use(self.component.key, self.component.loader(self.env)) as unet:
+            with patched(unet, self.patches, self.manager) if self.patches else nullcontext():
                 yield unet
 
 
@@ -154,8 +145,8 @@ class ClipHandle(_Handle):
 
     @contextmanager
     def use(self) -> Iterator[torch.nn.Module]:
-        with self.manager.use(self.component.key, self.component.loader()) as encoder:
-            with patched(encoder, self.patches) if self.patches else nullcontext():
+        with self.manager.use(self.component.key, self.component.loader(self.env)) as encoder:
+            with patched(encoder, self.patches, self.manager) if self.patches else nullcontext():
                 yield encoder
 
 
@@ -165,5 +156,5 @@ class VaeHandle(_Handle):
 
     @contextmanager
     def use(self) -> Iterator[torch.nn.Module]:
-        with self.manager.use(self.component.key, self.component.loader()) as vae:
+        with self.manager.use(self.component.key, self.component.loader(self.env)) as vae:
             yield vae

@@ -90,7 +90,7 @@ class CheckpointLoaderSimple(Node):
         env = ctx.env
         path = find_checkpoint(env, self.ckpt_name)
         identity = file_identity(path)
-        info = checkpoint_info(path, identity)
+        info = checkpoint_info(env, path, identity)
         if info.family in FAMILIES:
             handles = family_handles(info, env)
             for handle in handles:
@@ -148,9 +148,9 @@ class LoraLoader(Node):
             return self.model, self.clip
         path = ctx.env.folders.find("loras", self.lora_name)
         identity = file_identity(path)
-        tensors = load_lora_file(path, identity)
-        unet = self.model.manager.get(self.model.component.key, self.model.component.loader())
-        text = self.clip.manager.get(self.clip.component.key, self.clip.component.loader())
+        tensors = load_lora_file(path, identity, model_manager(ctx.env))
+        unet = self.model.manager.get(self.model.component.key, self.model.component.loader(ctx.env))
+        text = self.clip.manager.get(self.clip.component.key, self.clip.component.loader(ctx.env))
         if addressed_modules(tensors, unet, "unet") + addressed_modules(tensors, text, "text_encoder") == 0:
             raise ValueError(f"LoRA {self.lora_name} has no weights for this model's layers "
                              f"(it may be made for another architecture)")

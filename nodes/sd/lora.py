@@ -12,14 +12,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from latentgraph.nodes.sd.checkpoint import refuse_pickle
 from latentgraph.nodes.sd.ldm_keys import unet_key_to_ldm
 from safetensors.torch import load_file
 
-_LOADED: dict[str, dict[str, torch.Tensor]] = {}
-_KEEP = 8
+if TYPE_CHECKING:
+    from latentgraph.nodes.sd.models import ModelManager
 
 
 @dataclass(frozen=True)
@@ -32,19 +33,20 @@ class LoraPatch:
     strength: float
 
 
-def load_lora_file(path: Path, identity: str) -> dict[str, torch.Tensor]:
-    """The tensors of a LoRA file (a few recent files are kept in memory)."""
-    if identity in _LOADED:
-        return _LOADED[identity]
+def read_lora_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA file, read from disk."""
     refuse_pickle(Path(path))
     if Path(path).suffix.lower() in (".safetensors", ".sft"):
-        tensors = load_file(str(path))
-    else:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    if len(_LOADED) >= _KEEP:
-        _LOADED.pop(next(iter(_LOADED)))
-    _LOADED[identity] = tensors
-    return tensors
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_lora_file(path: Path, identity: str, manager: ModelManager | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA file; with the environment's model manager they are kept there, by file content,
+    counted in its RAM budget and dropped by /free, instead of being read again on every use."""
+    if manager is None:
+        return read_lora_file(path)
+    return manager.get(f"{identity}#lora", lambda: read_lora_file(path))
 
 
 def _module_names(model: torch.nn.Module, target: str) -> dict[str, str]:
@@ -115,7 +117,8 @@ def addressed_modules(tensors: dict[str, torch.Tensor], model: torch.nn.Module, 
 
 
 @contextmanager
-def patched(model: torch.nn.Module, patches: tuple[LoraPatch, ...]) -> Iterator[torch.nn.Module]:
+def patched(model: torch.nn.Module, patches: tuple[LoraPatch, ...], manager: ModelManager | None = None,
+            ) -> Iterator[torch.nn.Module]:
     """Adds the LoRA deltas to the model's weights for the block, then puts the original values back exactly."""
     params = dict(model.named_parameters())
     backup: dict[str, torch.Tensor] = {}
@@ -124,7 +127,7 @@ def patched(model: torch.nn.Module, patches: tuple[LoraPatch, ...]) -> Iterator[
             for patch in patches:
                 if patch.strength == 0:
                     continue
-                tensors = load_lora_file(patch.path, patch.identity)
+                tensors = load_lora_file(patch.path, patch.identity, manager)
                 for name, delta in lora_deltas(tensors, model, patch.target).items():
                     param = params[name]
                     if name not in backup:

@@ -4,7 +4,10 @@ Models are registered by a key that names their content (a file's identity plus 
 builds them on the CPU. `use(key, loader)` lends the model on the execution device for the duration of a block;
 the same key is loaded once however many workflows use it. When a budget is exceeded the least recently used
 models that are not in use are moved out: from VRAM to RAM, and from RAM out of memory entirely (to be loaded
-again on next use). With no accelerator the execution device is the CPU and only the RAM budget applies.
+again on next use). With no accelerator the execution device is the CPU and only the RAM budget applies. Other
+large residents that must count in the same budget (a LoRA file's tensors) are kept with `get`: anything made of
+tensors (a module, or a mapping of tensors) can be held. This is the SD runtime's, not the engine's: the engine
+only sees an environment service with `free()` and `cache_bytes()`.
 """
 
 from __future__ import annotations
@@ -13,20 +16,32 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from latentgraph.engine.devices import empty_cache, execution_device, total_memory
+from latentgraph.nodes.sd.devices import empty_cache, execution_device, total_memory
 
-Loader = Callable[[], torch.nn.Module]
+Loader = Callable[[], Any]
 CPU = torch.device("cpu")
 
 
 def module_bytes(module: torch.nn.Module) -> int:
     tensors = [*module.parameters(), *module.buffers()]
     return sum(t.element_size() * t.nelement() for t in tensors)
+
+
+def resident_bytes(value: Any) -> int:
+    """Bytes held by a module, a tensor, or a mapping of tensors (what the manager can keep)."""
+    if isinstance(value, torch.nn.Module):
+        return module_bytes(value)
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, Mapping):
+        return sum(resident_bytes(v) for v in value.values())
+    raise TypeError(f"the model manager holds modules or tensors, not {type(value).__name__}")
 
 
 def _budget_from_env(name: str, default: int) -> int:
@@ -40,7 +55,7 @@ def _budget_from_env(name: str, default: int) -> int:
 
 @dataclass
 class _Entry:
-    module: torch.nn.Module
+    module: Any  # a torch.nn.Module, or tensors kept with get() only
     size: int
     on_device: bool
     pins: int = 0
@@ -82,13 +97,13 @@ class ModelManager:
             module = loader()
             self.load_seconds += time.perf_counter() - start
             self.loads += 1
-            entry = _Entry(module, module_bytes(module), on_device=not self.separate_device)
+            entry = _Entry(module, resident_bytes(module), on_device=not self.separate_device)
             self._entries[key] = entry
         self._entries.move_to_end(key)
         return entry
 
-    def get(self, key: str, loader: Loader) -> torch.nn.Module:
-        """The model in RAM (loading it if needed), without moving it to the execution device."""
+    def get(self, key: str, loader: Loader) -> Any:
+        """The model (or other resident) in RAM, loading it if needed, without moving it to the execution device."""
         with self._lock:
             entry = self._load(key, loader)
             entry.pins += 1
@@ -154,6 +169,11 @@ class ModelManager:
             for key in [k for k, e in self._entries.items() if e.pins == 0]:
                 del self._entries[key]
             empty_cache(self.device)
+
+    def cache_bytes(self) -> int:
+        """Bytes held in RAM and VRAM together."""
+        with self._lock:
+            return sum(e.size for e in self._entries.values())
 
     def stats(self) -> dict[str, object]:
         with self._lock:

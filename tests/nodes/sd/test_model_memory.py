@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from latentgraph.engine.executor import Executor
 from latentgraph.nodes import make_environment
+from latentgraph.nodes.sd.services import model_manager
 from latentgraph.nodes.sd.tiny import write_tiny_checkpoint
 
 from .sd_helpers import output_pixels, txt2img
@@ -21,13 +22,13 @@ def test_third_checkpoint_offloads_the_least_recently_used(registry, tmp_path: P
     env = make_environment(tmp_path)
     executor = Executor(registry, env)
     first = executor.run(txt2img(names[0], seed=3, prefix="m0"))
-    one_checkpoint = env.services["models"].stats()["ram_bytes"]
-    env.services["models"].ram_budget = 2 * one_checkpoint
+    one_checkpoint = model_manager(env).stats()["ram_bytes"]
+    model_manager(env).ram_budget = 2 * one_checkpoint
 
     images = {names[0]: output_pixels(env, first)[0]}
     for name in names[1:]:
         images[name] = output_pixels(env, executor.run(txt2img(name, seed=3, prefix=name)))[0]
-    manager = env.services["models"]
+    manager = model_manager(env)
     assert manager.offloads > 0
     assert not any(key.startswith(str(folder / names[0])) for key in manager.keys())
     assert sum(1 for key in manager.keys() if "#unet#" in key) == 2
@@ -46,4 +47,4 @@ def test_the_same_checkpoint_in_two_workflows_loads_once(registry, tiny_file: Pa
     executor.run(txt2img(TINY, positive="a cat"))
     executor.cache.clear()
     executor.run(txt2img(TINY, positive="a dog", steps=2))
-    assert env.services["models"].loads == 3
+    assert model_manager(env).loads == 3

@@ -1,11 +1,12 @@
-"""The model manager: loads once per key, least recently used out first, budgets for RAM (and VRAM)."""
+"""The model manager: loads once per key, least recently used out first, budgets for RAM (and VRAM); the SD
+runtime's caches as environment services that /free clears."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from latentgraph.engine.devices import execution_device, weight_dtype
-from latentgraph.engine.models import ModelManager, module_bytes
+from latentgraph.nodes.sd.devices import execution_device, weight_dtype
+from latentgraph.nodes.sd.models import ModelManager, module_bytes
 
 
 def _linear(seed: int) -> torch.nn.Module:
@@ -106,3 +107,53 @@ def test_vram_budget_offloads_to_ram() -> None:
         pass
     assert "a" in manager and calls == [0, 1]
     assert manager.stats()["vram_bytes"] == SIZE
+
+
+def test_lora_tensors_count_in_the_budget_and_go_with_free(tmp_path) -> None:
+    """A LoRA file read through the manager is held once, its bytes (computed here from the file's tensors) are
+    in the manager's total, the least recently used goes first when the budget is exceeded, and free() drops it."""
+    from latentgraph.nodes.sd.lora import load_lora_file
+    from safetensors.torch import save_file
+
+    tensors = {"lora_unet_x.lora_down.weight": torch.ones(4, 64), "lora_unet_x.lora_up.weight": torch.ones(64, 4)}
+    path = tmp_path / "a.safetensors"
+    save_file(tensors, str(path))
+    size = sum(t.element_size() * t.nelement() for t in tensors.values())
+    manager = ModelManager(device=torch.device("cpu"), ram_budget=2 * SIZE + size - 1)
+    first = load_lora_file(path, "a", manager)
+    assert load_lora_file(path, "a", manager) is first
+    manager.get("m", _loader(0, []))
+    assert manager.cache_bytes() == SIZE + size
+    manager.get("m2", _loader(1, []))  # over budget: the LoRA (least recently used) goes first
+    assert "a#lora" not in manager and "m" in manager
+    load_lora_file(path, "a", manager)
+    manager.free()
+    assert manager.cache_bytes() == 0 and manager.keys() == []
+
+
+def test_runtime_caches_are_environment_services_cleared_by_free(tmp_path, tiny_file) -> None:
+    """The model manager and the checkpoint facts belong to an environment, keyed by type: two environments
+    share nothing, and Environment.free() (what /free calls) empties both."""
+    from latentgraph.engine.context import Environment
+    from latentgraph.nodes.sd.handles import checkpoint_info, checkpoint_infos
+    from latentgraph.nodes.sd.models import ModelManager as Manager
+    from latentgraph.nodes.sd.services import model_manager
+
+    env, other = Environment(tmp_path / "a"), Environment(tmp_path / "b")
+    manager = model_manager(env)
+    assert isinstance(manager, Manager) and model_manager(env) is manager and model_manager(other) is not manager
+    assert env.services[Manager] is manager and "models" not in env.services
+    info = checkpoint_info(env, tiny_file, "tiny")
+    assert checkpoint_info(env, tiny_file, "tiny") is info and len(checkpoint_infos(other)) == 0
+    manager.get("m", _loader(0, []))
+    assert env.service_bytes() == SIZE
+    env.free()
+    assert len(checkpoint_infos(env)) == 0 and manager.keys() == [] and env.service_bytes() == 0
+
+
+def test_shipped_configs_are_not_shared_mutable_state() -> None:
+    from latentgraph.nodes.sd.detect import family_config
+
+    config = family_config("sd1", "unet")
+    config["sample_size"] = -1
+    assert family_config("sd1", "unet")["sample_size"] != -1
