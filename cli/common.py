@@ -11,6 +11,7 @@ from latentgraph.engine.executor import Executor
 from latentgraph.engine.workflow_format import WorkflowFileError as WorkflowFileError  # re-exported for commands
 from latentgraph.engine.workflow_format import load_workflow
 from latentgraph.nodes import load_registry, make_environment
+from latentgraph.nodes.memory_probe import install_memory_probe
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -48,6 +49,7 @@ def apply_threads(threads: int | None) -> None:
 
 def make_executor(base_dir: Path) -> Executor:
     env = make_environment(base_dir)
+    install_memory_probe(env)  # names the device as the server does, so timings recorded there are found here
     return Executor(load_registry(), env)
 
 

@@ -342,8 +342,8 @@ class Executor:
                     probe.start()
                 started = time.perf_counter()
                 produced = cls.model_construct(**inputs).execute(ctx)
+                peak = probe.peak_bytes() if probed else None  # first: a GPU probe waits for the node's kernels
                 wall_ms = (time.perf_counter() - started) * 1000
-                peak = probe.peak_bytes() if probed else None
                 self._class_ms[node.class_type] = wall_ms
                 out, ui = (produced.outputs, produced.ui) if isinstance(produced, NodeOutput) else (produced, None)
                 out = tuple(out)

@@ -38,7 +38,8 @@ class MemoryProbe(Protocol):
         """Called just before a node executes."""
 
     def peak_bytes(self) -> int | None:
-        """Peak memory above the level at `start`, or None when it cannot be measured."""
+        """Peak memory above the level at `start`, or None when it cannot be measured. Called as the node
+        returns and before its wall time is read, so a probe for an asynchronous device can wait for its work."""
 
 
 class RssPeakProbe:

@@ -545,7 +545,10 @@ def ui_to_api(workflow: dict, object_info: dict, *, max_nodes: int = DEFAULT_MAX
 
 # ---------------------------------------------------------------- API -> UI
 
-COLUMN_GAP, ROW_GAP, NODE_WIDTH, LEFT, TOP = 80, 40, 320, 40, 40
+# Compact enough that the editor, fitting a template into a 1920x1080 window, draws titles and widgets (its
+# low-quality threshold is a zoom of 0.57): columns 330 px apart, none taller than MAX_COLUMN_HEIGHT.
+COLUMN_GAP, ROW_GAP, NODE_WIDTH, LEFT, TOP = 50, 30, 280, 40, 40
+MAX_COLUMN_HEIGHT = 900  # a taller column continues in a second one beside it
 LOOSE_STEP = 260  # horizontal pitch of collapsed unlinked nodes in the band under the graph
 SLOT_HEIGHT, WIDGET_HEIGHT, TITLE_HEIGHT, MULTILINE_HEIGHT = 22, 26, 30, 110
 
@@ -648,6 +651,8 @@ def api_to_ui(prompt: dict[str, dict], object_info: dict) -> dict[str, Any]:
         y = TOP
         for node_id in members:
             node = _ui_node(node_id, prompt[node_id], object_info, ui_id, in_link, out_links, link_by_id)
+            if y > TOP and y + node["size"][1] > TOP + MAX_COLUMN_HEIGHT:
+                x, y = x + NODE_WIDTH + COLUMN_GAP, TOP
             node["pos"] = [x, y]
             node["order"] = len(nodes)
             row_of[node_id] = y

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 from latentgraph.engine.executor import DEFAULT_CACHE_BYTES, Executor
 from latentgraph.nodes import load_registry, make_environment
+from latentgraph.nodes.memory_probe import install_memory_probe
 from latentgraph.nodes.workflow_io import register_workflow_nodes
 from latentgraph.server import (
     openapi,
@@ -44,6 +45,7 @@ def create_app(options: ServerOptions) -> web.Application:
     """The whole server as an aiohttp app; the worker thread starts and stops with the app."""
     registry = options.registry if options.registry is not None else load_registry()
     env = options.environment if options.environment is not None else make_environment(options.base_dir)
+    install_memory_probe(env)
     executor = Executor(registry, env, cache_bytes=options.cache_bytes or DEFAULT_CACHE_BYTES)
     register_workflow_nodes(registry, env)  # saved workflows offered as nodes in the editor
     queue = PromptQueue(options.database_path, options.history_limit)

@@ -122,3 +122,52 @@ def test_a_queue_database_from_before_node_reports_gains_the_column(tmp_path):
     queue.finish("p", "success", True, [], {}, {}, None)
     assert queue.lookup("p")["latentgraph"] == {"nodes": {"1": {"status": "ran"}}}
     queue.close()
+
+
+def test_check_estimate_prices_the_nodes_from_the_servers_timings(tmp_path, capsys):
+    from latentgraph.cli.main import main
+    from latentgraph.nodes.memory_probe import TorchMemoryProbe
+    from latentgraph.server.options import ServerOptions
+    from latentgraph.server.timings import TimingStore
+
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(txt2img(steps=4, size=64)))
+    assert main(["check", "--estimate", "--base-dir", str(tmp_path), str(workflow)]) == 0
+    out = capsys.readouterr().out
+    assert "7 node(s) would run" in out and "total: at least 0.00 s; 7 node(s) without recorded timings" in out
+
+    device = TorchMemoryProbe().device
+    store = TimingStore(ServerOptions(base_dir=tmp_path).database_path)
+    ms = {"CheckpointLoaderSimple": 500.0, "EmptyLatentImage": 1.0, "CLIPTextEncode": 20.0, "KSampler": 300.0,
+          "VAEDecode": 40.0, "SaveImage": 10.0}
+    store.record(device, {str(i): {"class_type": c, "status": "ran", "wall_ms": t, "shapes": None,
+                                   "steps": 2 if c == "KSampler" else None,
+                                   "pixels": None if c in ("CheckpointLoaderSimple", "CLIPTextEncode") else 64 * 64}
+                          for i, (c, t) in enumerate(ms.items())})
+    store.close()
+    assert main(["check", "--estimate", "--json", "--base-dir", str(tmp_path), str(workflow)]) == 0
+    estimate = json.loads(capsys.readouterr().out)["estimate"]
+    by_class = {n["class_type"]: n for n in estimate["nodes"]}
+    assert by_class["KSampler"]["basis"] == "scaled" and by_class["KSampler"]["expected_ms"] == 600.0  # 2 -> 4 steps
+    assert by_class["VAEDecode"]["basis"] == "same size" and by_class["VAEDecode"]["expected_ms"] == 40.0
+    assert estimate["complete"] is True and estimate["total_ms"] == 500 + 1 + 20 + 20 + 600 + 40 + 10
+
+
+def test_the_shipped_workflows_open_at_a_zoom_where_titles_are_drawn(tmp_path):
+    """The editor fits a template into view at 0.75 x viewport / graph size (LiteGraph's fitToBounds) and draws
+    titles and widgets only above its low-quality threshold (8 px / 14 px font = 0.571): a 1920x1080 window must
+    show every shipped workflow above it. Unlinked declaration nodes go collapsed in a band under the graph."""
+    from latentgraph.engine.workflow_format import api_to_ui
+    from latentgraph.nodes import load_registry, make_environment
+
+    info = load_registry().object_info(make_environment(tmp_path))
+    for path in sorted(TXT2IMG.parent.glob("*.json")):
+        ui = api_to_ui(json.loads(path.read_text()), info)
+        boxes = [(n["pos"][0], n["pos"][1] - 30, n["pos"][0] + (200 if n["flags"].get("collapsed") else n["size"][0]),
+                  n["pos"][1] + (0 if n["flags"].get("collapsed") else n["size"][1])) for n in ui["nodes"]]
+        width = max(b[2] for b in boxes) - min(b[0] for b in boxes)
+        height = max(b[3] for b in boxes) - min(b[1] for b in boxes)
+        scale = 0.75 * min(1880 / max(width, 300), 1000 / max(height, 300))  # the canvas beside the side bar
+        assert scale >= 0.6, (path.name, width, height, scale)
+        linked = {n for link in ui["links"] for n in (link[1], link[3])}
+        assert all(n["flags"].get("collapsed") for n in ui["nodes"] if n["id"] not in linked), path.name
