@@ -77,6 +77,34 @@ def parse_inputs(pairs: list[str], interface: Interface) -> dict[str, Any]:
     return values
 
 
+def set_primitives(graph: dict[str, Any], prompt: dict[str, Any], overrides: list[str]) -> list[str]:
+    """Applies to the editor graph each --set that names one of its PrimitiveNodes (by id or title; the input is
+    `value` or the widget the primitive drives), which the API prompt no longer has; returns the other overrides.
+
+    A node of the prompt with that id or title wins, so existing --set lines keep their meaning.
+    """
+    titles = {(v.get("_meta") or {}).get("title") for v in prompt.values() if isinstance(v, dict)}
+    rest = []
+    for override in overrides:
+        target, sep, raw = override.partition("=")
+        node_ref, dot, input_name = target.rpartition(".")
+        primitive = None
+        if sep and dot and node_ref not in prompt and node_ref not in titles:
+            primitive = next((n for n in graph.get("nodes") or [] if isinstance(n, dict)
+                              and n.get("type") == "PrimitiveNode"
+                              and node_ref in (str(n.get("id")), n.get("title"))), None)
+        widget = ((primitive or {}).get("outputs") or [{}])[0].get("widget") or {}
+        values = (primitive or {}).get("widgets_values")
+        if primitive is None or input_name not in ("value", widget.get("name")) or not isinstance(values, list):
+            rest.append(override)
+            continue
+        try:
+            values[0] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[0] = raw
+    return rest
+
+
 def load_for_run(args: argparse.Namespace, executor: Executor,
                  apply_override: Callable[[dict[str, Any], str], None]) -> tuple[dict, dict | None, list[str] | None]:
     """(prompt to run, editor graph or None, output nodes or None for all) for `latentgraph run`.
@@ -90,7 +118,12 @@ def load_for_run(args: argparse.Namespace, executor: Executor,
         prompt, graph = copy.deepcopy(make_library(executor, args.workflows_dirs).get(str(args.workflow)).prompt), None
     else:
         prompt, graph = load_workflow_file(path, executor)
-    for override in args.overrides:
+    overrides = list(args.overrides)
+    if graph is not None:
+        overrides = set_primitives(graph, prompt, overrides)
+        if len(overrides) < len(args.overrides):
+            prompt = ui_to_api(graph, executor.registry.object_info(executor.env))
+    for override in overrides:
         apply_override(prompt, override)
     if not by_name and not args.inputs:
         return prompt, graph, None

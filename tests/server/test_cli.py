@@ -59,6 +59,31 @@ def test_set_overrides_by_id_and_by_title(base):
     assert Path(result.stdout.strip()).name == "small_00001_.png"
 
 
+def test_set_targets_a_primitive_node_of_an_editor_workflow(base):
+    """The editor's PrimitiveNode is folded away when converting; --set reaches it by id or by title."""
+    from latentgraph.engine.workflow_format import api_to_ui
+    from latentgraph.nodes import load_registry, make_environment
+
+    prompt = json.loads(image_workflow(base / "api.json").read_text())
+    ui = api_to_ui(prompt, load_registry(plugins=False).object_info(make_environment(base)))
+    scale = next(n for n in ui["nodes"] if n["id"] == 2)
+    next(i for i in scale["inputs"] if i["name"] == "width")["link"] = 99
+    ui["nodes"].append({"id": 50, "type": "PrimitiveNode", "title": "Width", "pos": [0, 300], "size": [210, 82],
+                        "flags": {}, "order": 0, "mode": 0, "inputs": [],
+                        "outputs": [{"name": "INT", "type": "INT", "links": [99], "widget": {"name": "width"}}],
+                        "properties": {"Run widget replace on values": False}, "widgets_values": [64, "fixed"]})
+    ui["links"].append([99, 50, 0, 2, 2, "INT"])
+    (base / "ui.json").write_text(json.dumps(ui))
+    by_title = latentgraph("run", "ui.json", "--set", "Width.value=48", cwd=base)
+    assert by_title.returncode == 0, by_title.stderr
+    with Image.open(Path(by_title.stdout.strip())) as png:
+        assert png.size == (48, 24)
+    by_id = latentgraph("run", "ui.json", "--set", "50.width=40", "--set", "3.filename_prefix=b", cwd=base)
+    assert by_id.returncode == 0, by_id.stderr
+    with Image.open(Path(by_id.stdout.strip())) as png:
+        assert png.size == (40, 20) and Path(by_id.stdout.strip()).name == "b_00001_.png"
+
+
 def test_set_with_an_unknown_node_is_a_clear_error(base):
     result = latentgraph("run", str(image_workflow(base / "wf.json")), "--set", "Nope.width=3", cwd=base)
     assert result.returncode == 2
