@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "check_rules.py"
 
@@ -56,3 +58,20 @@ def test_an_engine_module_importing_the_server_breaks_it(tmp_path: Path) -> None
     done = _check(_mini_repo(tmp_path, "def late():\n    from latentgraph.server import app\n    return app\n"))
     assert done.returncode != 0
     assert "latentgraph.engine.core -> latentgraph.server.app" in done.stdout, done.stdout
+
+
+def _warn_from(module_name: str) -> None:
+    """Issues a DeprecationWarning attributed to `module_name`, as a deprecated call made from there would be."""
+    code = compile("import warnings\nwarnings.warn('a deprecated call', DeprecationWarning)", "<rules>", "exec")
+    exec(code, {"__name__": module_name})
+
+
+def test_a_deprecation_warning_from_our_code_fails_the_test() -> None:
+    with pytest.raises(DeprecationWarning):
+        _warn_from("latentgraph.nodes.sd.example")
+    with pytest.raises(DeprecationWarning):
+        _warn_from("tests.example")
+
+
+def test_a_deprecation_warning_from_a_dependency_does_not() -> None:
+    _warn_from("diffusers.example")  # under pyproject's filters: shown in the summary, not raised
