@@ -1,4 +1,5 @@
-"""scripts/check_rules.py sees the `latentgraph.*` layout that package-dir maps, so its contracts can fail.
+"""The rules are enforced: scripts/check_rules.py sees the `latentgraph.*` layout that package-dir maps, so its
+contracts can fail, and pyproject's warning filters turn our own DeprecationWarnings into errors.
 
 The import contracts are checked in .ci/run against the real tree; here a miniature repository with the same
 mapping shows that a forbidden import is caught (and that a clean tree passes), so a green check means something.
