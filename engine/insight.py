@@ -281,39 +281,56 @@ class NodeEstimate:
                 "basis": self.basis, "samples": self.samples, "reason": self.reason}
 
 
+def _typical(values: list[float]) -> tuple[float, int]:
+    """The newest value, or the median of the newest three once there are three: a first run that also loaded
+    the model is outvoted as soon as steady runs follow it, and one noisy run does not swing the estimate."""
+    recent = values[:3]
+    return (statistics.median(recent), 3) if len(recent) == 3 else (recent[0], 1)
+
+
+def _scale(row: Timing, steps: int | None, pixels: int | None) -> float | None:
+    """`row`'s time scaled linearly to `steps` and `pixels`; None where a side lacks a feature the other has."""
+    factor = 1.0
+    if steps != row.steps:
+        if steps is None or row.steps is None:
+            return None
+        factor *= steps / row.steps
+    if pixels != row.pixels:
+        if pixels is None or row.pixels is None:
+            return None
+        factor *= pixels / row.pixels
+    return row.wall_ms * factor
+
+
 def expected_time(history: Iterable[Timing], shapes: str | None, steps: int | None,
                   pixels: int | None) -> tuple[float | None, str, int]:
     """(milliseconds, basis, samples) from recorded timings of the same class on the same device, newest first.
 
-    An exact match (same input shapes, steps and pixels) wins; then the same steps and pixels; then the newest
-    timings scaled linearly by steps and by pixels, each only where both sides know it and the other features
-    agree. No usable timing gives (None, "unknown", 0): a guess from another class would be dishonest.
+    In order: an exact match (same input shapes, steps and pixels); timings of the same input shapes scaled by
+    steps ("scaled": the node's work is known, only its length changed); timings with the same steps and pixels
+    ("same size"); any timing scaled linearly by steps and pixels where both sides know them ("scaled"). No
+    usable timing gives (None, "unknown", 0): a guess from another class would be dishonest. `shapes` is None
+    when the node's input shapes are not known in advance (its inputs changed size, or it never ran here).
     """
     rows = list(history)
     if not rows:
         return None, "unknown", 0
-    same_size = [r for r in rows if r.steps == steps and r.pixels == pixels]
     if shapes is not None:
-        exact = [r.wall_ms for r in same_size if r.shapes == shapes]
+        same_shapes = [r for r in rows if r.shapes == shapes]
+        exact = [r.wall_ms for r in same_shapes if r.steps == steps and r.pixels == pixels]
         if exact:
-            return statistics.median(exact[:9]), "exact", len(exact[:9])
+            value, samples = _typical(exact)
+            return value, "exact", samples
+        scaled_same = [v for v in (_scale(r, steps, pixels) for r in same_shapes) if v is not None]
+        if scaled_same:
+            value, samples = _typical(scaled_same)
+            return value, "scaled", samples
+    same_size = [r.wall_ms for r in rows if r.steps == steps and r.pixels == pixels]
     if same_size:
-        values = [r.wall_ms for r in same_size[:9]]
-        return statistics.median(values), "same size", len(values)
-    scaled: list[float] = []
-    for row in rows:
-        factor = 1.0
-        if steps != row.steps:
-            if steps is None or row.steps is None:
-                continue
-            factor *= steps / row.steps
-        if pixels != row.pixels:
-            if pixels is None or row.pixels is None:
-                continue
-            factor *= pixels / row.pixels
-        scaled.append(row.wall_ms * factor)
-        if len(scaled) == 9:
-            break
+        value, samples = _typical(same_size)
+        return value, "same size", samples
+    scaled = [v for v in (_scale(r, steps, pixels) for r in rows) if v is not None]
     if scaled:
-        return statistics.median(scaled), "scaled", len(scaled)
+        value, samples = _typical(scaled)
+        return value, "scaled", samples
     return None, "unknown", 0

@@ -351,15 +351,24 @@ def test_estimate_unchanged_graph_runs_nothing_and_a_seed_change_names_three_nod
     assert executor.run(txt2img(seed=2)).executed == ["3", "8", "9"]  # what the estimate said
 
 
-def test_expected_time_prefers_exact_then_same_size_then_scaled_and_says_unknown():
+def test_expected_time_prefers_exact_then_same_shapes_scaled_then_same_size_then_scaled():
     rows = [Timing("a=1x4x8x8", 20, 4096, 1000.0), Timing("a=1x4x16x16", 20, 16384, 4100.0)]
     assert expected_time(rows, "a=1x4x8x8", 20, 4096) == (1000.0, "exact", 1)
+    assert expected_time(rows, "a=1x4x8x8", 40, 4096) == (2000.0, "scaled", 1)  # same work, twice the steps
+    # another node's timing of the same steps and pixels but other shapes is used only when nothing closer is
     assert expected_time(rows, None, 20, 16384) == (4100.0, "same size", 1)
-    ms, basis, samples = expected_time(rows, None, 10, 8192)  # half the steps, scaled from both rows
-    assert basis == "scaled" and samples == 2
-    assert ms == pytest.approx((1000 * 0.5 * 2 + 4100 * 0.5 * 0.5) / 2)
+    assert expected_time(rows, "b=3", 20, 16384) == (4100.0, "same size", 1)
+    value, basis, samples = expected_time(rows, None, 10, 8192)  # half the steps, scaled from the newest row
+    assert (value, basis, samples) == (1000 * 0.5 * 2, "scaled", 1)  # two candidates: the newest one counts
     assert expected_time(rows, None, None, 4096) == (None, "unknown", 0)  # steps unknown: no honest scale
     assert expected_time([], "x", 1, 1) == (None, "unknown", 0)
+
+
+def test_a_first_run_that_loaded_the_model_is_outvoted_by_the_steady_runs_after_it():
+    cold = Timing("s", 2, 64, 5000.0)
+    steady = [Timing("s", 2, 64, ms) for ms in (110.0, 90.0, 100.0)]
+    assert expected_time([steady[0], cold], "s", 2, 64) == (110.0, "exact", 1)  # the newest
+    assert expected_time([*steady, cold], "s", 2, 64) == (100.0, "exact", 3)  # the median of the newest three
 
 
 def test_input_shapes_reads_nested_tensors_and_skips_other_objects():
