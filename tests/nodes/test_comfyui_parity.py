@@ -1,0 +1,175 @@
+"""object_info of the everyday nodes against ComfyUI's own declarations, transcribed here from ComfyUI's nodes.py,
+comfy_extras/nodes_mask.py, nodes_latent.py, nodes_images.py, nodes_post_processing.py, nodes_upscale_model.py and
+nodes_primitive.py (and its NODE_DISPLAY_NAME_MAPPINGS): input names and order, types or choices, defaults,
+min/max/step, which inputs are optional, outputs, category and display name. The editor builds its widgets from
+these, and saved workflows list widget values in this order, so any drift breaks shared workflows."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from latentgraph.nodes import load_registry, make_environment
+
+R = 16384  # MAX_RESOLUTION
+LATENT, IMAGE, MASK, COND = "LATENT", "IMAGE", "MASK", "CONDITIONING"
+UPSCALE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+
+
+def i(default, lo, hi, step=None):
+    return ("INT", {"default": default, "min": lo, "max": hi, **({"step": step} if step is not None else {})})
+
+
+def f(default, lo, hi, step=None):
+    return ("FLOAT", {"default": default, "min": lo, "max": hi, **({"step": step} if step is not None else {})})
+
+
+def b(default):
+    return ("BOOLEAN", {"default": default})
+
+
+# name: (category, display name (None: the class name), outputs, required inputs, optional inputs)
+COMFYUI = {
+    "LatentComposite": ("latent", "Latent Composite", [LATENT], {
+        "samples_to": LATENT, "samples_from": LATENT, "x": i(0, 0, R, 8), "y": i(0, 0, R, 8),
+        "feather": i(0, 0, R, 8)}, {}),
+    "LatentCompositeMasked": ("latent", None, [LATENT], {
+        "destination": LATENT, "source": LATENT, "x": i(0, 0, R, 8), "y": i(0, 0, R, 8),
+        "resize_source": b(False)}, {"mask": MASK}),
+    "LatentBlend": ("_for_testing", "Latent Blend", [LATENT], {
+        "samples1": LATENT, "samples2": LATENT, "blend_factor": f(0.5, 0, 1, 0.01)}, {}),
+    "LatentFlip": ("latent/transform", "Flip Latent", [LATENT], {
+        "samples": LATENT, "flip_method": ["x-axis: vertically", "y-axis: horizontally"]}, {}),
+    "LatentRotate": ("latent/transform", "Rotate Latent", [LATENT], {
+        "samples": LATENT, "rotation": ["none", "90 degrees", "180 degrees", "270 degrees"]}, {}),
+    "LatentCrop": ("latent/transform", "Crop Latent", [LATENT], {
+        "samples": LATENT, "width": i(512, 64, R, 8), "height": i(512, 64, R, 8), "x": i(0, 0, R, 8),
+        "y": i(0, 0, R, 8)}, {}),
+    "LatentFromBatch": ("latent/batch", "Latent From Batch", [LATENT], {
+        "samples": LATENT, "batch_index": i(0, 0, 63), "length": i(1, 1, 64)}, {}),
+    "RepeatLatentBatch": ("latent/batch", "Repeat Latent Batch", [LATENT], {
+        "samples": LATENT, "amount": i(1, 1, 64)}, {}),
+    "LatentBatch": ("latent/batch", None, [LATENT], {"samples1": LATENT, "samples2": LATENT}, {}),
+    "SaveLatent": ("_for_testing", None, [], {
+        "samples": LATENT, "filename_prefix": ("STRING", {"default": "latents/ComfyUI"})}, {}),
+    "ImageScaleBy": ("image/upscaling", "Upscale Image By", [IMAGE], {
+        "image": IMAGE, "upscale_method": UPSCALE, "scale_by": f(1.0, 0.01, 8.0, 0.01)}, {}),
+    "ImageCrop": ("image/transform", "Image Crop", [IMAGE], {
+        "image": IMAGE, "width": i(512, 1, R, 1), "height": i(512, 1, R, 1), "x": i(0, 0, R, 1),
+        "y": i(0, 0, R, 1)}, {}),
+    "ImagePadForOutpaint": ("image", "Pad Image for Outpainting", [IMAGE, MASK], {
+        "image": IMAGE, "left": i(0, 0, R, 8), "top": i(0, 0, R, 8), "right": i(0, 0, R, 8),
+        "bottom": i(0, 0, R, 8), "feathering": i(40, 0, R, 1)}, {}),
+    "ImageCompositeMasked": ("image", None, [IMAGE], {
+        "destination": IMAGE, "source": IMAGE, "x": i(0, 0, R, 1), "y": i(0, 0, R, 1),
+        "resize_source": b(False)}, {"mask": MASK}),
+    "ImageBlend": ("image/postprocessing", "Image Blend", [IMAGE], {
+        "image1": IMAGE, "image2": IMAGE, "blend_factor": f(0.5, 0.0, 1.0, 0.01),
+        "blend_mode": ["normal", "multiply", "screen", "overlay", "soft_light", "difference"]}, {}),
+    "ImageBlur": ("image/postprocessing", "Image Blur", [IMAGE], {
+        "image": IMAGE, "blur_radius": i(1, 1, 31, 1), "sigma": f(1.0, 0.1, 10.0, 0.1)}, {}),
+    "ImageSharpen": ("image/postprocessing", "Image Sharpen", [IMAGE], {
+        "image": IMAGE, "sharpen_radius": i(1, 1, 31, 1), "sigma": f(1.0, 0.1, 10.0, 0.01),
+        "alpha": f(1.0, 0.0, 5.0, 0.01)}, {}),
+    "EmptyImage": ("image", None, [IMAGE], {
+        "width": i(512, 1, R, 1), "height": i(512, 1, R, 1), "batch_size": i(1, 1, 4096),
+        "color": i(0, 0, 0xFFFFFF, 1)}, {}),
+    "MaskToImage": ("mask", "Convert Mask to Image", [IMAGE], {"mask": MASK}, {}),
+    "ImageToMask": ("mask", "Convert Image to Mask", [MASK], {
+        "image": IMAGE, "channel": ["red", "green", "blue", "alpha"]}, {}),
+    "SolidMask": ("mask", None, [MASK], {
+        "value": f(1.0, 0.0, 1.0, 0.01), "width": i(512, 1, R, 1), "height": i(512, 1, R, 1)}, {}),
+    "InvertMask": ("mask", None, [MASK], {"mask": MASK}, {}),
+    "CropMask": ("mask", None, [MASK], {
+        "mask": MASK, "x": i(0, 0, R, 1), "y": i(0, 0, R, 1), "width": i(512, 1, R, 1),
+        "height": i(512, 1, R, 1)}, {}),
+    "MaskComposite": ("mask", None, [MASK], {
+        "destination": MASK, "source": MASK, "x": i(0, 0, R, 1), "y": i(0, 0, R, 1),
+        "operation": ["multiply", "add", "subtract", "and", "or", "xor"]}, {}),
+    "FeatherMask": ("mask", None, [MASK], {
+        "mask": MASK, "left": i(0, 0, R, 1), "top": i(0, 0, R, 1), "right": i(0, 0, R, 1),
+        "bottom": i(0, 0, R, 1)}, {}),
+    "GrowMask": ("mask", None, [MASK], {
+        "mask": MASK, "expand": i(0, -R, R, 1), "tapered_corners": b(True)}, {}),
+    "ThresholdMask": ("mask", None, [MASK], {"mask": MASK, "value": f(0.5, 0.0, 1.0, 0.01)}, {}),
+    "ConditioningZeroOut": ("advanced/conditioning", None, [COND], {"conditioning": COND}, {}),
+    "ConditioningConcat": ("conditioning", "Conditioning (Concat)", [COND], {
+        "conditioning_to": COND, "conditioning_from": COND}, {}),
+    "ConditioningAverage": ("conditioning", None, [COND], {
+        "conditioning_to": COND, "conditioning_from": COND,
+        "conditioning_to_strength": f(1.0, 0.0, 1.0, 0.01)}, {}),
+    "ConditioningSetAreaStrength": ("conditioning", None, [COND], {
+        "conditioning": COND, "strength": f(1.0, 0.0, 10.0, 0.01)}, {}),
+    "InpaintModelConditioning": ("conditioning/inpaint", None, [COND, COND, LATENT], {
+        "positive": COND, "negative": COND, "vae": "VAE", "pixels": IMAGE, "mask": MASK,
+        "noise_mask": b(True)}, {}),
+    "UpscaleModelLoader": ("loaders", "Load Upscale Model", ["UPSCALE_MODEL"], {"model_name": []}, {}),
+    "ImageUpscaleWithModel": ("image/upscaling", "Upscale Image (using Model)", [IMAGE], {
+        "upscale_model": "UPSCALE_MODEL", "image": IMAGE}, {}),
+    "VAEDecodeTiled": ("_for_testing", "VAE Decode (Tiled)", [IMAGE], {
+        "samples": LATENT, "vae": "VAE", "tile_size": i(512, 64, 4096, 32), "overlap": i(64, 0, 4096, 32),
+        "temporal_size": i(64, 8, 4096, 4), "temporal_overlap": i(8, 4, 4096, 4)}, {}),
+    "VAEEncodeTiled": ("_for_testing", "VAE Encode (Tiled)", [LATENT], {
+        "pixels": IMAGE, "vae": "VAE", "tile_size": i(512, 64, 4096, 64), "overlap": i(64, 0, 4096, 32),
+        "temporal_size": i(64, 8, 4096, 4), "temporal_overlap": i(8, 4, 4096, 4)}, {}),
+    "SaveAnimatedWEBP": ("image/animation", None, [], {
+        "images": IMAGE, "filename_prefix": ("STRING", {"default": "ComfyUI"}), "fps": f(6.0, 0.01, 1000.0, 0.01),
+        "lossless": b(True), "quality": i(80, 0, 100), "method": ["default", "fastest", "slowest"]}, {}),
+    "SaveAnimatedPNG": ("image/animation", None, [], {
+        "images": IMAGE, "filename_prefix": ("STRING", {"default": "ComfyUI"}), "fps": f(6.0, 0.01, 1000.0, 0.01),
+        "compress_level": i(4, 0, 9)}, {}),
+    "PrimitiveInt": ("utils/primitive", "Int", ["INT"], {
+        "value": ("INT", {"min": -sys.maxsize, "max": sys.maxsize})}, {}),
+    "PrimitiveFloat": ("utils/primitive", "Float", ["FLOAT"], {
+        "value": ("FLOAT", {"min": -sys.maxsize, "max": sys.maxsize})}, {}),
+    "PrimitiveString": ("utils/primitive", "String", ["STRING"], {"value": ("STRING", {})}, {}),
+    "PrimitiveStringMultiline": ("utils/primitive", "String (Multiline)", ["STRING"], {
+        "value": ("STRING", {"multiline": True})}, {}),
+    "PrimitiveBoolean": ("utils/primitive", "Boolean", ["BOOLEAN"], {"value": ("BOOLEAN", {})}, {}),
+    # display names of nodes that existed before, from ComfyUI's NODE_DISPLAY_NAME_MAPPINGS
+    "SaveImage": ("image", "Save Image", [], {"images": IMAGE, "filename_prefix": None}, {}),
+    "PreviewImage": ("image", "Preview Image", [], {"images": IMAGE}, {}),
+    "LoadImage": ("image", "Load Image", [IMAGE, MASK], {"image": None}, {}),
+    "LoadImageMask": ("mask", "Load Image (as Mask)", [MASK], {
+        "image": None, "channel": ["alpha", "red", "green", "blue"]}, {}),
+    "ImageScale": ("image/upscaling", "Upscale Image", [IMAGE], {
+        "image": IMAGE, "upscale_method": UPSCALE, "width": i(512, 0, R, 1), "height": i(512, 0, R, 1),
+        "crop": ["disabled", "center"]}, {}),
+    "ImageInvert": ("image", "Invert Image", [IMAGE], {"image": IMAGE}, {}),
+    "ImageBatch": ("image", "Batch Images", [IMAGE], {"image1": IMAGE, "image2": IMAGE}, {}),
+}
+
+
+@pytest.fixture(scope="module")
+def object_info(tmp_path_factory) -> dict:
+    return load_registry(plugins=False).object_info(make_environment(tmp_path_factory.mktemp("base")))
+
+
+def check_input(node: str, name: str, ours: list, theirs) -> None:
+    if theirs is None:  # a file list: only its presence is compared
+        return
+    kind, options = ours[0], ours[1]
+    if isinstance(theirs, str):  # a socket
+        assert kind == theirs, (node, name, kind)
+    elif isinstance(theirs, list):  # a combo: ComfyUI's choices in ComfyUI's order (files: whatever is there)
+        assert isinstance(kind, list) and (kind == theirs or not theirs), (node, name, kind)
+    else:
+        want_kind, want = theirs
+        assert kind == want_kind, (node, name, kind)
+        for key, value in want.items():
+            assert options.get(key) == value, (node, name, key, options.get(key), value)
+            assert type(options.get(key)) is type(value) or key == "default", (node, name, key)
+
+
+@pytest.mark.parametrize("node", sorted(COMFYUI))
+def test_object_info_matches_comfyui(object_info: dict, node: str) -> None:
+    category, display, outputs, required, optional = COMFYUI[node]
+    info = object_info[node]
+    assert info["category"] == category
+    assert info["display_name"] == (display or node)
+    assert info["output"] == outputs
+    assert list(info["input"]["required"]) == list(required)  # widget values are saved in this order
+    assert list(info["input"].get("optional", {})) == list(optional)
+    for section, expected in (("required", required), ("optional", optional)):
+        for name, theirs in expected.items():
+            check_input(node, name, info["input"][section][name], theirs)
