@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from latentgraph.server.queue import PromptQueue
 from latentgraph.server.state import STATE
 
@@ -171,3 +173,24 @@ def test_the_shipped_workflows_open_at_a_zoom_where_titles_are_drawn(tmp_path):
         assert scale >= 0.6, (path.name, width, height, scale)
         linked = {n for link in ui["links"] for n in (link[1], link[3])}
         assert all(n["flags"].get("collapsed") for n in ui["nodes"] if n["id"] not in linked), path.name
+
+
+async def test_the_terminal_panel_gets_new_log_lines_after_subscribing(client):
+    ws = await client.ws_connect("/ws?clientId=terminal")
+    await ws.receive_json()
+    answer = await client.patch("/internal/logs/subscribe", json={"enabled": True, "clientId": "terminal"})
+    assert answer.status == 200
+    logging.getLogger("latentgraph.test").warning("a line for the terminal")
+    messages = await receive_until(ws, lambda ms: any(isinstance(m, dict) and m["type"] == "logs" for m in ms),
+                                   timeout=10)
+    logs = [m for m in messages if isinstance(m, dict) and m["type"] == "logs"]
+    assert logs[0]["data"]["entries"][0]["m"] == "WARNING latentgraph.test: a line for the terminal\n"
+    raw = await (await client.get("/internal/logs/raw")).json()
+    assert raw["entries"][-1]["m"].endswith("a line for the terminal\n")
+
+    await client.patch("/internal/logs/subscribe", json={"enabled": False, "clientId": "terminal"})
+    logging.getLogger("latentgraph.test").warning("not sent")
+    with pytest.raises(asyncio.TimeoutError):
+        await receive_until(ws, lambda ms: any(isinstance(m, dict) and m["type"] == "logs" for m in ms), timeout=1)
+    assert (await client.patch("/internal/logs/subscribe", json={"enabled": "yes"})).status == 400
+    await ws.close()
