@@ -101,7 +101,8 @@ def test_first_visit_runs_txt2img_shows_the_image_and_its_png_reopens(
     assert response.request.url.endswith("/?template=txt2img")
     titles = page.evaluate("() => window.app.graph.nodes.map(n => n.type).sort()")
     assert titles == sorted(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode", "EmptyLatentImage",
-                             "KSampler", "VAEDecode", "SaveImage"])
+                             "KSampler", "VAEDecode", "SaveImage",  # and the declared interface:
+                             "WorkflowInfo", *["WorkflowInput"] * 7, "WorkflowOutput"])
 
     prompt_id = run_and_wait_for_image(page, watch)
     executed = [e for e in watch.events("executed", prompt_id) if e["node"] == SAVE_NODE]
