@@ -57,13 +57,13 @@ def _placeholder_torchvision() -> dict[str, types.ModuleType]:
         raise RuntimeError("this model architecture needs torchvision, which is not installed")
 
     functional = types.ModuleType("torchvision.transforms.functional")
-    functional.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")  # type: ignore[attr-defined]
-    functional.rotate = missing  # type: ignore[attr-defined]
-    functional.normalize = missing  # type: ignore[attr-defined]
+    setattr(functional, "InterpolationMode", enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC"))  # noqa: B010
+    setattr(functional, "rotate", missing)  # noqa: B010
+    setattr(functional, "normalize", missing)  # noqa: B010
     transforms = types.ModuleType("torchvision.transforms")
-    transforms.functional = functional  # type: ignore[attr-defined]
+    setattr(transforms, "functional", functional)  # noqa: B010
     root = types.ModuleType("torchvision")
-    root.transforms = transforms  # type: ignore[attr-defined]
+    setattr(root, "transforms", transforms)  # noqa: B010
     return {"torchvision": root, "torchvision.transforms": transforms,
             "torchvision.transforms.functional": functional}
 
