@@ -162,6 +162,27 @@ class CancelAnswer(Open):
     status: Literal["cancelled", "interrupting"]
 
 
+class Estimate(Open):
+    """POST /prompt/estimate: what would run and how long it should take (engine.Executor.estimate)."""
+
+    device: str | None = None
+    nodes: list[dict[str, Any]]
+    run: list[str]
+    cached: list[str]
+    total_ms: float
+    unknown: list[str]
+    complete: bool
+    queue_ahead: int
+
+
+class NodeTiming(Open):
+    class_type: str
+    device: str | None
+    count: int
+    mean_ms: float
+    max_peak_bytes: int | None
+
+
 # ---------------------------------------------------------------- files
 
 

@@ -14,7 +14,9 @@ from typing import Any
 
 from aiohttp import web
 from latentgraph.engine.validate import InvalidPrompt
+from latentgraph.server import api_models as M
 from latentgraph.server.jsonio import ApiError, read_object
+from latentgraph.server.operations import operation
 from latentgraph.server.routes_queue import accept_ui_workflow
 from latentgraph.server.routing import add_api_routes
 from latentgraph.server.state import get_state
@@ -36,6 +38,8 @@ def estimate_prompt(state: Any, store: TimingStore, prompt: dict[str, Any],
 
 
 @routes.post("/prompt/estimate")
+@operation("Which nodes a prompt would run and how long they should take (nothing runs)", body=M.PromptRequest,
+           response=M.Estimate)
 async def post_estimate(request: web.Request) -> web.Response:
     """Which nodes a prompt would run and how long they should take; the body is /prompt's (API or editor JSON)."""
     state = get_state(request)
@@ -60,6 +64,7 @@ async def post_estimate(request: web.Request) -> web.Response:
 
 
 @routes.get("/latentgraph/timings")
+@operation("Recorded node timings per class and device", response=list[M.NodeTiming], errors=())
 async def get_timings(request: web.Request) -> web.Response:
     """The recorded timings per class and device (count, mean wall time, largest peak memory)."""
     return web.json_response(await asyncio.to_thread(request.app[TIMINGS].summary))

@@ -124,7 +124,9 @@ async def test_real_answers_match_their_declared_response_models(client, base_di
               ("GET", "/features", None), ("GET", "/models", None), ("GET", "/models/{folder}", "/models/loras"),
               ("GET", "/experiment/models", None), ("GET", "/experiment/models/{folder}", "/experiment/models/loras"),
               ("GET", "/users", None), ("GET", "/userdata", "/userdata?full_info=true"),
-              ("GET", "/settings", None), ("GET", "/settings/{id}", "/settings/x"), ("GET", "/i18n", None)]
+              ("GET", "/settings", None), ("GET", "/settings/{id}", "/settings/x"), ("GET", "/i18n", None),
+              ("GET", "/latentgraph/timings", None),
+              ("POST", "/prompt/estimate", await client.post("/prompt/estimate", json={"prompt": image_prompt()}))]
     for method, template, target in checks:
         answer = target if isinstance(target, object) and hasattr(target, "status") else \
             await client.request(method, "/api" + (target or template))
