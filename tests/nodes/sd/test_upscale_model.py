@@ -4,6 +4,7 @@ on the whole image; tiling seams; the out-of-memory back-off; pickles refused un
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,13 @@ def test_pickles_are_refused_unless_allowed(executor: Executor, monkeypatch: pyt
     outputs = executor.env.folders.output_dir
     pickled_png, safe_png = (np.asarray(Image.open(outputs / f"up_0000{i}_.png")) for i in (1, 2))
     assert safe.status == "success" and np.array_equal(pickled_png, safe_png)
+
+
+def test_the_torchvision_placeholder_does_not_outlive_the_import() -> None:
+    """Other libraries probe for torchvision; they must find the real one or none, never the placeholder."""
+    spandrel()
+    module = sys.modules.get("torchvision")
+    assert module is None or hasattr(module, "__version__")
 
 
 def test_a_file_spandrel_does_not_know_is_an_error(executor: Executor) -> None:
