@@ -1,6 +1,6 @@
 """How far `POST /prompt/estimate` is from the run it predicts, on the shipped workflows with the bundled demo model.
 
-For each workflow: two runs with different seeds record timings (the first one loads the model), then each change
+For each workflow: `--warmups` runs with different seeds record timings (the first loads the model), then each change
 below is estimated (the cache is consulted, nothing executes) and run, and the estimate is compared with the run:
 the nodes it said would run against those that ran, and its total against the summed wall time of the executed
 nodes (and against the run's own wall clock, which adds the engine's overhead). Changes:
@@ -12,7 +12,7 @@ nodes (and against the run's own wall clock, which adds the engine's overhead). 
 The machines these run on are shared and noisy, so the same work is also run twice more (the seed change with two
 other seeds) and their difference is printed as the noise floor: an estimate cannot be read closer than that.
 
-Usage: `python bench/estimate_error.py [--workflows txt2img img2img ...] [--threads 1]`.
+Usage: `python bench/estimate_error.py [--workflows txt2img img2img ...] [--threads 1] [--warmups 2]`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workflows", nargs="+", default=["txt2img", "img2img", "lora", "hires_fix"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmups", type=int, default=2, help="recorded runs before the estimates (min 1)")
     args = parser.parse_args()
     import torch
 
@@ -76,10 +77,11 @@ def main() -> None:
     noise = []
     for name in args.workflows:
         prompt = json.loads((WORKFLOWS / f"{name}.json").read_text())
-        warm = copy.deepcopy(prompt)
         executor.run(prompt)  # loads the model: recorded too, as a user's first run is
-        set_inputs(warm, "KSampler", seed=lambda s: s + 1)
-        executor.run(warm)
+        for extra in range(1, args.warmups):
+            warm = copy.deepcopy(prompt)
+            set_inputs(warm, "KSampler", seed=lambda s, extra=extra: s + extra)
+            executor.run(warm)
         for label, changed in changes(prompt):
             estimate = executor.estimate(changed, None, store.history)
             started = time.perf_counter()
