@@ -234,3 +234,32 @@ class EmptyImage(Node):
     def execute(self, ctx: RunContext) -> tuple:
         rgb = [((self.color >> shift) & 0xFF) / 0xFF for shift in (16, 8, 0)]
         return (torch.tensor(rgb, dtype=torch.float32).expand(self.batch_size, self.height, self.width, 3).clone(),)
+
+
+class RepeatImageBatch(Node):
+    """Repeats an image batch `amount` times."""
+
+    CATEGORY = "image/batch"
+    RETURN_TYPES = ("IMAGE",)
+
+    image: Image
+    amount: int = Input(1, ge=1, le=4096)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return (self.image.repeat(self.amount, 1, 1, 1),)
+
+
+class ImageFromBatch(Node):
+    """Takes `length` images from a batch starting at `batch_index` (both clamped to the batch)."""
+
+    CATEGORY = "image/batch"
+    RETURN_TYPES = ("IMAGE",)
+
+    image: Image
+    batch_index: int = Input(0, ge=0, le=4095)
+    length: int = Input(1, ge=1, le=4096)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        start = min(self.image.shape[0] - 1, self.batch_index)
+        length = min(self.image.shape[0] - start, self.length)
+        return (self.image[start:start + length].clone(),)

@@ -280,6 +280,99 @@ class LatentBatch(Node):
         return (out,)
 
 
+def reshape_like(target: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """`latent` resized (bilinear, centre crop) to the target's size and tiled or cut to its batch (ComfyUI's
+    reshape_latent_to)."""
+    if latent.shape[1:] != target.shape[1:]:
+        latent = upscale(latent, target.shape[3], target.shape[2], "bilinear", "center")
+    return repeat_to_batch(latent, target.shape[0])
+
+
+class LatentAdd(Node):
+    """samples1 + samples2 (samples2 resized to samples1 when they differ)."""
+
+    CATEGORY = "latent/advanced"
+    RETURN_TYPES = ("LATENT",)
+
+    samples1: Latent
+    samples2: Latent
+
+    def execute(self, ctx: RunContext) -> tuple:
+        first = self.samples1["samples"]
+        return (_with_samples(self.samples1, first + reshape_like(first, self.samples2["samples"])),)
+
+
+class LatentSubtract(Node):
+    """samples1 - samples2 (samples2 resized to samples1 when they differ)."""
+
+    CATEGORY = "latent/advanced"
+    RETURN_TYPES = ("LATENT",)
+
+    samples1: Latent
+    samples2: Latent
+
+    def execute(self, ctx: RunContext) -> tuple:
+        first = self.samples1["samples"]
+        return (_with_samples(self.samples1, first - reshape_like(first, self.samples2["samples"])),)
+
+
+class LatentMultiply(Node):
+    """samples * multiplier."""
+
+    CATEGORY = "latent/advanced"
+    RETURN_TYPES = ("LATENT",)
+
+    samples: Latent
+    multiplier: float = Input(1.0, ge=-10.0, le=10.0, step=0.01)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return (_with_samples(self.samples, self.samples["samples"] * self.multiplier),)
+
+
+class LatentInterpolate(Node):
+    """Interpolates directions per latent pixel (vectors over channels normalised, mixed by ratio, renormalised)
+    and lengths linearly: ratio 1 gives samples1, 0 gives samples2."""
+
+    CATEGORY = "latent/advanced"
+    RETURN_TYPES = ("LATENT",)
+
+    samples1: Latent
+    samples2: Latent
+    ratio: float = Input(1.0, ge=0.0, le=1.0, step=0.01)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        first = self.samples1["samples"]
+        second = reshape_like(first, self.samples2["samples"])
+        norm1, norm2 = torch.linalg.vector_norm(first, dim=1), torch.linalg.vector_norm(second, dim=1)
+        # ComfyUI divides [B,C,H,W] by norms [B,H,W] without keepdim, which is this per-pixel division for a batch
+        # of one (its common use) and fails or mixes images otherwise; per pixel is what it means.
+        unit1 = torch.nan_to_num(first / norm1.unsqueeze(1))
+        unit2 = torch.nan_to_num(second / norm2.unsqueeze(1))
+        mixed = unit1 * self.ratio + unit2 * (1.0 - self.ratio)
+        direction = torch.nan_to_num(mixed / torch.linalg.vector_norm(mixed, dim=1, keepdim=True))
+        length = (norm1 * self.ratio + norm2 * (1.0 - self.ratio)).unsqueeze(1)
+        return (_with_samples(self.samples1, direction * length),)
+
+
+class LatentBatchSeedBehavior(Node):
+    """"fixed": every image of the batch gets the first image's noise; "random": each its own."""
+
+    CATEGORY = "latent/advanced"
+    RETURN_TYPES = ("LATENT",)
+
+    samples: Latent
+    seed_behavior: Literal["random", "fixed"] = Input("fixed")
+
+    def execute(self, ctx: RunContext) -> tuple:
+        out = dict(self.samples)
+        if self.seed_behavior == "random":
+            out.pop("batch_index", None)
+        else:
+            first = out.get("batch_index", [0])[0]
+            out["batch_index"] = [first] * self.samples["samples"].shape[0]
+        return (out,)
+
+
 def list_input_latents(env: Environment) -> list[str]:
     root = env.folders.input_dir
     return sorted(p.name for p in root.iterdir() if p.is_file() and p.name.endswith(LATENT_SUFFIX))

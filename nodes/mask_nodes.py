@@ -244,3 +244,21 @@ class GrowMask(Node):
         for _ in range(abs(self.expand)):
             output = _dilate(output, self.tapered_corners)
         return (output * sign,)
+
+
+class ImageColorToMask(Node):
+    """Where the image has exactly the colour 0xRRGGBB (after rounding to 8 bits).
+
+    The mask holds 255 there, not 1, as ComfyUI's does; nodes downstream clamp or threshold it.
+    """
+
+    CATEGORY = "mask"
+    RETURN_TYPES = ("MASK",)
+
+    image: Image
+    color: int = Input(0, ge=0, le=0xFFFFFF, step=1)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        rgb = (self.image.clamp(0, 1.0) * 255.0).round().to(torch.int64)
+        packed = (rgb[..., 0] << 16) + (rgb[..., 1] << 8) + rgb[..., 2]
+        return (torch.where(packed == self.color, 255.0, 0.0).float(),)

@@ -126,6 +126,18 @@ COMFYUI = {
     "PrimitiveStringMultiline": ("utils/primitive", "String (Multiline)", ["STRING"], {
         "value": ("STRING", {"multiline": True})}, {}),
     "PrimitiveBoolean": ("utils/primitive", "Boolean", ["BOOLEAN"], {"value": ("BOOLEAN", {})}, {}),
+    "RepeatImageBatch": ("image/batch", None, [IMAGE], {"image": IMAGE, "amount": i(1, 1, 4096)}, {}),
+    "ImageFromBatch": ("image/batch", None, [IMAGE], {
+        "image": IMAGE, "batch_index": i(0, 0, 4095), "length": i(1, 1, 4096)}, {}),
+    "ImageColorToMask": ("mask", None, [MASK], {"image": IMAGE, "color": i(0, 0, 0xFFFFFF, 1)}, {}),
+    "LatentAdd": ("latent/advanced", None, [LATENT], {"samples1": LATENT, "samples2": LATENT}, {}),
+    "LatentSubtract": ("latent/advanced", None, [LATENT], {"samples1": LATENT, "samples2": LATENT}, {}),
+    "LatentMultiply": ("latent/advanced", None, [LATENT], {
+        "samples": LATENT, "multiplier": f(1.0, -10.0, 10.0, 0.01)}, {}),
+    "LatentInterpolate": ("latent/advanced", None, [LATENT], {
+        "samples1": LATENT, "samples2": LATENT, "ratio": f(1.0, 0.0, 1.0, 0.01)}, {}),
+    "LatentBatchSeedBehavior": ("latent/advanced", None, [LATENT], {
+        "samples": LATENT, "seed_behavior": ["random", "fixed"]}, {}),
     # display names of nodes that existed before, from ComfyUI's NODE_DISPLAY_NAME_MAPPINGS
     "SaveImage": ("image", "Save Image", [], {"images": IMAGE, "filename_prefix": None}, {}),
     "PreviewImage": ("image", "Preview Image", [], {"images": IMAGE}, {}),

@@ -147,3 +147,15 @@ def test_outpaint_workflow_runs_through_the_executor(tmp_path):
     assert pixels.shape == (16, 24, 3)
     assert pixels[5, 3].tolist() == [0, 0, 255]  # the new border took the source
     assert pixels[5, 12].tolist() == [200, 40, 0]  # the old image stayed
+
+
+def test_repeat_and_from_batch():
+    from latentgraph.nodes.image_edit import ImageFromBatch, RepeatImageBatch
+
+    image = rand_image(b=3, seed=7)
+    (repeated,) = run(RepeatImageBatch(image=image, amount=2))
+    torch.testing.assert_close(repeated, torch.cat([image, image]))
+    (taken,) = run(ImageFromBatch(image=image, batch_index=1, length=5))
+    torch.testing.assert_close(taken, image[1:])
+    (last,) = run(ImageFromBatch(image=image, batch_index=99, length=1))
+    torch.testing.assert_close(last, image[2:])

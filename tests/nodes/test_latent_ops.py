@@ -167,3 +167,34 @@ def test_save_then_load_latent_round_trips_through_the_executor(tmp_path):
     assert executor.run(load).status == "success"
     old = load_file(executor.env.folders.output_dir / "back_00002_.latent")["latent_tensor"]
     torch.testing.assert_close(old, values.flip(2) / 0.18215)
+
+
+def test_latent_arithmetic_interpolate_and_seed_behavior():
+    from latentgraph.nodes.latent_ops import (
+        LatentAdd,
+        LatentBatchSeedBehavior,
+        LatentInterpolate,
+        LatentMultiply,
+        LatentSubtract,
+    )
+
+    a, b = latent(seed=16), latent(seed=17)
+    torch.testing.assert_close(run(LatentAdd(samples1=a, samples2=b))["samples"], a["samples"] + b["samples"])
+    torch.testing.assert_close(run(LatentSubtract(samples1=a, samples2=b))["samples"], a["samples"] - b["samples"])
+    torch.testing.assert_close(run(LatentMultiply(samples=a, multiplier=-2.5))["samples"], a["samples"] * -2.5)
+    small = latent(h=4, w=4, seed=18)  # resized bilinearly to samples1's size first
+    resized = torch.nn.functional.interpolate(small["samples"], size=(8, 8), mode="bilinear")
+    torch.testing.assert_close(run(LatentAdd(samples1=a, samples2=small))["samples"], a["samples"] + resized)
+    out = run(LatentInterpolate(samples1=a, samples2=b, ratio=0.3))["samples"].numpy()
+    x, y = a["samples"].numpy(), b["samples"].numpy()
+    for r in range(8):  # per latent pixel: mix unit vectors, renormalise, scale by the mixed lengths
+        for c in range(8):
+            u, v = x[0, :, r, c], y[0, :, r, c]
+            mixed = u / np.linalg.norm(u) * 0.3 + v / np.linalg.norm(v) * 0.7
+            expected = mixed / np.linalg.norm(mixed) * (np.linalg.norm(u) * 0.3 + np.linalg.norm(v) * 0.7)
+            np.testing.assert_allclose(out[0, :, r, c], expected, rtol=1e-5, atol=1e-6)
+    batch = latent(batch=3, seed=19)
+    assert run(LatentBatchSeedBehavior(samples=batch, seed_behavior="fixed"))["batch_index"] == [0, 0, 0]
+    batch["batch_index"] = [5, 6, 7]
+    assert run(LatentBatchSeedBehavior(samples=batch, seed_behavior="fixed"))["batch_index"] == [5, 5, 5]
+    assert "batch_index" not in run(LatentBatchSeedBehavior(samples=batch, seed_behavior="random"))

@@ -119,3 +119,15 @@ def test_grow_mask_equals_scipy_grey_morphology(expand, tapered):
             op = scipy.ndimage.grey_erosion if expand < 0 else scipy.ndimage.grey_dilation
             ref = op(ref, footprint=kernel)
         np.testing.assert_allclose(out[b], ref, atol=1e-7)
+
+
+def test_image_color_to_mask_marks_the_exact_colour_with_255():
+    from latentgraph.nodes.mask_nodes import ImageColorToMask
+
+    pixels = np.zeros((1, 2, 3, 3), dtype=np.float32)
+    pixels[0, 0, 1] = [255 / 255, 128 / 255, 1 / 255]
+    pixels[0, 1, 2] = [255 / 255, 128 / 255, 2 / 255]
+    (mask,) = ImageColorToMask(image=torch.from_numpy(pixels), color=0xFF8001).execute(None)
+    expected = np.zeros((1, 2, 3), dtype=np.float32)
+    expected[0, 0, 1] = 255.0
+    np.testing.assert_array_equal(mask.numpy(), expected)
