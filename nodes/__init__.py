@@ -37,6 +37,7 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.sd.upscale_model",
     "latentgraph.training.nodes",
     "latentgraph.nodes.sd.vae_tiled",
+    "latentgraph.nodes.sd.model_sampling",
 ]
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"

@@ -138,6 +138,8 @@ COMFYUI = {
         "samples1": LATENT, "samples2": LATENT, "ratio": f(1.0, 0.0, 1.0, 0.01)}, {}),
     "LatentBatchSeedBehavior": ("latent/advanced", None, [LATENT], {
         "samples": LATENT, "seed_behavior": ["random", "fixed"]}, {}),
+    "ModelSamplingDiscrete": ("advanced/model", None, ["MODEL"], {
+        "model": "MODEL", "sampling": ["eps", "v_prediction", "lcm", "x0", "img_to_img"], "zsnr": b(False)}, {}),
     # display names of nodes that existed before, from ComfyUI's NODE_DISPLAY_NAME_MAPPINGS
     "SaveImage": ("image", "Save Image", [], {"images": IMAGE, "filename_prefix": None}, {}),
     "PreviewImage": ("image", "Preview Image", [], {"images": IMAGE}, {}),
