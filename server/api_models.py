@@ -57,6 +57,11 @@ class PromptRequest(Open):
     number: float | None = Field(None, gt=-MAX_NUMBER, lt=MAX_NUMBER, description="queue position; lower runs first")
     front: bool = Field(False, description="queue ahead of every pending prompt")
     partial_execution_targets: list[str] | None = Field(None, description="run only these output nodes")
+    callback_url: str | None = Field(None, description="URL POSTed the finished prompt's history entry, retried "
+                                                   "with backoff until it answers 2xx")
+    idempotency_key: str | None = Field(None, pattern=r"^[\x21-\x7e]{1,200}$", description=(
+        "a repeated key (same prompt) returns the first prompt instead of queueing again; also the "
+        "Idempotency-Key header"))
 
 
 class PromptAnswer(Open):

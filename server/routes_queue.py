@@ -11,6 +11,7 @@ from aiohttp import web
 from latentgraph.engine.validate import validate
 from latentgraph.engine.workflow_format import ConversionError, is_ui_format, ui_to_api
 from latentgraph.server import api_models as M
+from latentgraph.server import webhooks
 from latentgraph.server.jsonio import ApiError, id_list, json_answer, query_int, read_object
 from latentgraph.server.operations import operation, parse_body
 from latentgraph.server.queue import JOB_STATUSES, STORAGE_HINT, DuplicatePromptId, StorageError, now_ms
@@ -29,6 +30,8 @@ PROMPT_ERRORS = {
     "front": ("Invalid front", "front must be true or false"),
     "partial_execution_targets": ("Invalid partial_execution_targets",
                                   "partial_execution_targets must be a list of node ids"),
+    "callback_url": ("Invalid callback_url", "callback_url must be a string"),
+    "idempotency_key": ("Invalid idempotency_key", "idempotency_key must be 1-200 printable ASCII characters"),
 }
 
 
@@ -63,7 +66,7 @@ async def accept_ui_workflow(body: dict[str, Any], request: web.Request) -> dict
 
 
 @routes.post("/prompt")
-@operation("Validate and queue a workflow", body=M.PromptRequest, response=M.PromptAnswer, errors=(400, 413))
+@operation("Validate and queue a workflow", body=M.PromptRequest, response=M.PromptAnswer, errors=(400, 409, 413))
 async def post_prompt(request: web.Request) -> web.Response:
     state = get_state(request)
     body = await accept_ui_workflow(await read_object(request, state.options.max_prompt_bytes), request)
@@ -74,7 +77,14 @@ async def post_prompt(request: web.Request) -> web.Response:
                        f"it has {len(prompt)} nodes; this server accepts at most {state.options.max_prompt_nodes}",
                        node_errors={})
     client_id, extra_data, front = parsed.client_id, body.get("extra_data", {}), parsed.front
-    prompt_id = parsed.prompt_id if parsed.prompt_id is not None else str(uuid.uuid4())
+    key = parsed.idempotency_key or request.headers.get("Idempotency-Key")
+    if key is not None and not webhooks.IDEMPOTENCY_KEY.match(key):
+        raise _prompt_error("Invalid idempotency key", "1-200 printable ASCII characters")
+    callback = parsed.callback_url
+    if callback is not None and (problem := webhooks.check_callback_url(callback)) is not None:
+        raise _prompt_error("Invalid callback_url", problem)
+    prompt_id = parsed.prompt_id if parsed.prompt_id is not None else (
+        webhooks.idempotent_id("prompt", key) if key else str(uuid.uuid4()))
     number = body.get("number")  # as sent: an integer stays an integer in the queue's answers
     targets = parsed.partial_execution_targets
 
@@ -91,16 +101,28 @@ async def post_prompt(request: web.Request) -> web.Response:
     extra_data = {**extra_data, "create_time": now_ms()}
     if client_id:
         extra_data["client_id"] = client_id
+    if key:
+        extra_data[webhooks.RECORD] = webhooks.request_hash([prompt, callback])
     try:
         item = await asyncio.to_thread(state.queue.add, prompt_id, prompt, extra_data, list(validation.outputs),
                                        front=front, number=number)
     except DuplicatePromptId as exc:
+        first = state.queue.lookup(prompt_id) if key else None
+        if first is not None and first["prompt"][3].get(webhooks.RECORD) == extra_data[webhooks.RECORD]:
+            answer = web.json_response({"prompt_id": prompt_id, "number": first["prompt"][0], "node_errors": {}})
+            answer.headers["Idempotent-Replayed"] = "true"
+            return answer
+        if first is not None:
+            raise ApiError(409, "idempotency_key_reused", "The idempotency key was used for a different prompt",
+                           "send the same prompt with a key, or use a new key", node_errors={}) from exc
         raise _prompt_error("Duplicate prompt_id", f"a prompt with id {prompt_id!r} is already queued or in "
                             "history", kind="duplicate_prompt_id") from exc
     except StorageError as exc:
         raise ApiError(507, "insufficient_storage", "The server cannot store the prompt", f"{exc}; {STORAGE_HINT}",
                        node_errors={}) from exc
     state.broadcast_status()
+    if callback:
+        webhooks.call_back_when_done(callback, prompt_id, lambda: webhooks.prompt_result(state.queue, prompt_id))
     return web.json_response({"prompt_id": item.prompt_id, "number": item.as_list()[0], "node_errors": {}})
 
 

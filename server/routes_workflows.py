@@ -47,7 +47,7 @@ from latentgraph.nodes.workflow_io import register_workflow_nodes
 from latentgraph.server.jsonio import ApiError, json_answer, read_object
 from latentgraph.server.queue import DuplicatePromptId, now_ms
 from latentgraph.server.state import ServerState, get_state
-from latentgraph.server.webhooks import call_back_when_done, check_callback_url
+from latentgraph.server.webhooks import IDEMPOTENCY_KEY, call_back_when_done, check_callback_url, idempotent_id
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -58,8 +58,6 @@ POLL_S = 0.05
 RUN_KEY = "workflow_run"  # where a run's name, version and output map live in the queue item's extra_data
 FINISHED = ("completed", "failed", "cancelled")
 OPERATION_ID = re.compile(r"[^A-Za-z0-9_]")
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5b1d7c52-54a4-4e63-9c1e-0d6f3f1c2a13")
 
 
 def library_for(state: ServerState) -> Library:
@@ -191,7 +189,7 @@ async def post_run(request: web.Request) -> web.Response:
     # With an idempotency key the run id is derived from it: a second request with the key finds the first run
     # (the queue refuses a duplicate id), for as long as that run is in the queue or history.
     request_hash = content_hash({"inputs": values, "version": version.hash, "callback": callback})
-    run_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{version.name}\n{key}")) if key else str(uuid.uuid4())
+    run_id = idempotent_id(version.name, key) if key else str(uuid.uuid4())
     outputs = {name: out.node for name, out in interface.outputs.items() if out.index is None}
     extra_data: dict[str, Any] = {"create_time": now_ms(), RUN_KEY: {
         "name": version.name, "version": version.version, "hash": version.hash, "outputs": outputs,

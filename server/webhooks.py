@@ -8,12 +8,15 @@ callbacks live in memory: a callback still pending when the server stops is not 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -87,3 +90,29 @@ def call_back_when_done(url: str, run_id: str, finished: Callable[[], dict[str, 
     thread = threading.Thread(target=wait_then_deliver, name=f"webhook-{run_id[:8]}", daemon=True)
     thread.start()
     return thread
+
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5b1d7c52-54a4-4e63-9c1e-0d6f3f1c2a13")
+RECORD = "idempotency"  # extra_data key holding the hash of the request a key was first used with
+
+
+def idempotent_id(scope: str, key: str) -> str:
+    """The id a request with idempotency `key` gets: the same key (in the same scope) always gives the same id, so
+    the queue, which refuses a second prompt with an id it holds, finds the first one."""
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{scope}\n{key}"))
+
+
+def request_hash(value: Any) -> str:
+    """Fingerprint of what was asked, to tell a repeated request from a different one reusing its key."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prompt_result(queue: Any, prompt_id: str) -> dict[str, Any] | None:
+    """A finished prompt's history entry with its id (None while pending or running); LookupError once gone."""
+    entry = queue.lookup(prompt_id)
+    if entry is None:
+        raise LookupError(prompt_id)
+    if entry["status"]["status_str"] in ("pending", "running"):
+        return None
+    return {"prompt_id": prompt_id, **{k: entry[k] for k in ("outputs", "status", "meta")}}

@@ -240,3 +240,37 @@ async def test_an_idempotency_key_queues_once(client, base_dir: Path) -> None:
     assert (await other.json())["id"] != (await first.json())["id"]
     assert (await (await client.get("/api/jobs")).json())["pagination"]["total"] == 2
     assert (await client.post("/api/workflows/scale/runs", json={}, headers={"Idempotency-Key": "a b"})).status == 400
+
+
+async def test_post_prompt_takes_a_callback_and_an_idempotency_key(client, aiohttp_server) -> None:
+    calls: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        calls.append(await request.json())
+        return web.Response(status=503 if len(calls) == 1 else 204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/done", hook)
+    server = await aiohttp_server(receiver, host="127.0.0.1")
+    body = {"prompt": image_workflow(), "idempotency_key": "batch-1", "callback_url": str(server.make_url("/done"))}
+    first = await client.post("/prompt", json=body)
+    assert first.status == 200, await first.text()
+    prompt_id = (await first.json())["prompt_id"]
+    again = await client.post("/prompt", json=body)
+    assert again.status == 200 and (await again.json())["prompt_id"] == prompt_id
+    assert again.headers["Idempotent-Replayed"] == "true"
+    header = await client.post("/prompt", json={k: v for k, v in body.items() if k != "idempotency_key"},
+                               headers={"Idempotency-Key": "batch-1"})
+    assert (await header.json())["prompt_id"] == prompt_id
+    changed = {**body, "prompt": {**image_workflow(), "3": {**image_workflow()["3"], "inputs": {
+        "images": ["2", 0], "filename_prefix": "other"}}}}
+    assert (await client.post("/prompt", json=changed)).status == 409
+    assert (await client.post("/prompt", json={**body, "callback_url": "ftp://x"})).status == 400
+    for _ in range(200):
+        if len(calls) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.2)  # a further retry would come 1 s after the accepted call: none may
+    assert len(calls) == 2 and all(c["prompt_id"] == prompt_id for c in calls)
+    assert calls[-1]["status"]["status_str"] == "success" and calls[-1]["outputs"]["3"]["images"]
+    assert (await (await client.get("/api/jobs")).json())["pagination"]["total"] == 1
