@@ -25,6 +25,7 @@ window.latentgraphInsight = state;
 
 function seconds(ms) {
   if (ms == null) return "?";
+  if (ms < 1) return "<1 ms";
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 1 : 0)} s`;
 }
 
