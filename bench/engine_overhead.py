@@ -43,7 +43,7 @@ class HandWritten:
 
     def __init__(self, checkpoint: Path, device: torch.device) -> None:
         from diffusers import EulerDiscreteScheduler
-        from latentgraph.nodes.sd.checkpoint import inspect_checkpoint, load_component
+        from latentgraph.nodes.sd.families import inspect_checkpoint, load_component
         from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 
         info = inspect_checkpoint(checkpoint)

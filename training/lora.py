@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from latentgraph.nodes.sd.checkpoint import inspect_checkpoint, load_component
+from latentgraph.nodes.sd.families import family, inspect_checkpoint, load_component
+from latentgraph.nodes.sd.families.sd1 import SD1
 from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_file
@@ -296,12 +297,13 @@ def train_lora(data: Path, base: Path, out: Path, config: LoraConfig | None = No
     config = config or LoraConfig()
     examples = scan_dataset(data)
     info = inspect_checkpoint(Path(base))
-    if info.family not in ("sd1", "sd2"):
+    base_family = family(info.family)
+    if not isinstance(base_family, SD1):  # SD1.x and SD2.x (its subclass)
         raise ValueError(f"LoRA training supports SD1.x and SD2.x checkpoints; {Path(base).name} is {info.family}")
     unet = load_component(info, "unet")
     vae = load_component(info, "vae")
     text_encoder = load_component(info, "text_encoder")
-    tokenizer = load_clip_tokenizer("!" if info.family == "sd2" else None)
+    tokenizer = load_clip_tokenizer(base_family.pad_token)
     scaling = float(info.configs["vae"].get("scaling_factor", 0.18215))
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     resolution = config.resolution or int(unet.config.sample_size) * factor

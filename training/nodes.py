@@ -26,6 +26,7 @@ from latentgraph.engine.context import RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Clip, Image, Model
 from latentgraph.nodes.sd.checkpoint import file_identity
+from latentgraph.nodes.sd.families.sd1 import SD1  # SD1.x and SD2.x (its subclass)
 from latentgraph.nodes.sd.handles import ClipHandle, ModelHandle
 from latentgraph.nodes.sd.lora import LoraPatch
 from latentgraph.training.lora import LoraConfig, train_lora
@@ -69,7 +70,7 @@ class TrainLora(Node):
 
     def execute(self, ctx: RunContext) -> tuple:
         model, clip = self.model, self.clip
-        if not isinstance(model, ModelHandle) or not isinstance(clip, ClipHandle) or model.family not in ("sd1", "sd2"):
+        if not isinstance(model, ModelHandle) or not isinstance(clip, ClipHandle) or not isinstance(model.family, SD1):
             raise ValueError("TrainLora trains LoRAs for SD1.x and SD2.x checkpoints (loaded by Load Checkpoint)")
         if model.patches or clip.patches:
             raise ValueError("TrainLora trains on the checkpoint's own weights: connect it before any Load LoRA")

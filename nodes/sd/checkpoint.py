@@ -1,8 +1,9 @@
-"""Loading SD1.x/SD2.x checkpoints offline: single-file LDM-layout `.safetensors` and diffusers folders.
+"""Checkpoint files offline: lazy tensor access, the facts a family reads, and SD1.x-like (LDM layout) loading.
 
-`inspect_checkpoint` reads only headers (key names, shapes, metadata) to learn the family and configs; components
-are loaded one at a time by `load_component`, so a model manager can keep the UNet, VAE and text encoder
-separately. Pickled files (.ckpt, .pt, .pth, .bin) can run code when loaded and are refused unless the user opts
+A family's `inspect` reads only headers (key names, shapes, metadata) through `TensorFile` to learn the configs;
+components are loaded one at a time (`load_ldm_component` for the SD1.x layout), so a model manager can keep the
+UNet, VAE and text encoder separately. `inspect_checkpoint`/`load_component` (nodes/sd/families) ask every
+registered family. Pickled files (.ckpt, .pt, .pth, .bin) can run code when loaded and are refused unless the user opts
 in with LATENTGRAPH_ALLOW_PICKLE=1.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from latentgraph.nodes.sd.detect import Detected, UnknownCheckpoint, detect, family_config, vae_config
+from latentgraph.nodes.sd.detect import Detected, UnknownCheckpoint, family_config, vae_config
 from latentgraph.nodes.sd.ldm_keys import (
     CLIP_PREFIX,
     OPEN_CLIP_PREFIX,
@@ -117,44 +118,11 @@ def is_diffusers_folder(path: Path) -> bool:
         ((path / "unet").is_dir() or (path / "transformer").is_dir())
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def inspect_checkpoint(path: Path) -> CheckpointInfo:
-    """Reads what a checkpoint is without loading its weights."""
-    from latentgraph.nodes.sd.families import inspect_family, unknown_file  # SDXL/SD3 build on this module
-
-    path = Path(path)
-    family = inspect_family(path)
-    if family is not None:
-        return family
-    if is_diffusers_folder(path):
-        text = _read_json(path / "text_encoder" / "config.json")
-        family = "sd2" if text.get("hidden_act") == "gelu" else "sd1"
-        scheduler_file = next((path / "scheduler").glob("*.json"), None) if (path / "scheduler").is_dir() else None
-        scheduler = dict(family_config(family, "scheduler"))
-        if scheduler_file is not None:
-            loaded = _read_json(scheduler_file)
-            scheduler.update({k: v for k, v in loaded.items() if k in scheduler and not k.startswith("_")})
-        configs = {"unet": _read_json(path / "unet" / "config.json"), "vae": _read_json(path / "vae" / "config.json"),
-                   "text_encoder": text, "scheduler": scheduler}
-        return CheckpointInfo(path, "diffusers", family, scheduler["prediction_type"], configs,
-                              identity=file_identity(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    tensors = TensorFile(path)
-    try:
-        detected = detect(tensors.shapes, tensors.metadata, tensors.read_one)
-    except UnknownCheckpoint as error:
-        raise unknown_file(path, tensors.shapes, str(error)) from None
-    configs = {"unet": detected.unet, "vae": detected.vae, "text_encoder": detected.text_encoder,
-               "scheduler": detected.scheduler}
-    return CheckpointInfo(path, "single", detected.family, detected.prediction_type, configs, detected,
-                          identity=file_identity(path), extra={"tensors": tensors})
-
-
-def _materialize(model: torch.nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
+def materialize(model: torch.nn.Module, state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
     """Fills a model built on the meta device with `state`, refusing missing or unexpected weights."""
     expected = set(model.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
@@ -191,14 +159,14 @@ def build_text_encoder(config: Mapping[str, Any]) -> CLIPTextModel:
         return CLIPTextModel(CLIPTextConfig(**clean))
 
 
-def _unet_state(info: CheckpointInfo, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def unet_state(info: CheckpointInfo, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     det = info.detected
     layers = det.unet["layers_per_block"]
     names = {k: UNET_PREFIX + unet_key_to_ldm(k, layers, det.up_attention_levels) for k in model.state_dict()}
-    return _read_renamed(info.extra["tensors"], names)
+    return read_renamed(info.extra["tensors"], names)
 
 
-def _read_renamed(tensors: TensorFile, names: Mapping[str, str],
+def read_renamed(tensors: TensorFile, names: Mapping[str, str],
                   convert: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     absent = [ldm for ldm in names.values() if ldm not in tensors.shapes]
     if absent:
@@ -207,9 +175,9 @@ def _read_renamed(tensors: TensorFile, names: Mapping[str, str],
     return {k: convert(ldm, loaded[ldm]) if convert else loaded[ldm] for k, ldm in names.items()}
 
 
-def _vae_state(tensors: TensorFile, prefix: str, model: torch.nn.Module, levels: int) -> dict[str, torch.Tensor]:
+def vae_state(tensors: TensorFile, prefix: str, model: torch.nn.Module, levels: int) -> dict[str, torch.Tensor]:
     names = {k: prefix + vae_key_to_ldm(k, levels) for k in model.state_dict()}
-    return _read_renamed(tensors, names, lambda ldm, t: from_ldm_vae_tensor(ldm, t))
+    return read_renamed(tensors, names, lambda ldm, t: from_ldm_vae_tensor(ldm, t))
 
 
 def _bare(key: str) -> str:
@@ -217,7 +185,7 @@ def _bare(key: str) -> str:
     return key[len("text_model."):] if key.startswith("text_model.") else key
 
 
-def _text_state(info: CheckpointInfo, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def text_state(info: CheckpointInfo, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     det, tensors = info.detected, info.extra["tensors"]
     wanted = {_bare(k): k for k in model.state_dict()}
     if det.text_layout == "open_clip":
@@ -227,32 +195,29 @@ def _text_state(info: CheckpointInfo, model: torch.nn.Module) -> dict[str, torch
         return {wanted.get(_bare(k), k): v for k, v in converted.items()}
     inner = "text_model." if f"{CLIP_PREFIX}text_model.embeddings.token_embedding.weight" in tensors.shapes else ""
     names = {model_key: CLIP_PREFIX + inner + bare for bare, model_key in wanted.items()}
-    return _read_renamed(tensors, names)
+    return read_renamed(tensors, names)
 
 
-def load_component(info: CheckpointInfo, component: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """One component ("unet", "vae" or "text_encoder") of a checkpoint, on the CPU, in eval mode."""
-    if info.family in ("sdxl", "sdxl_refiner", "sd3"):
-        from latentgraph.nodes.sd.families import load_family_component
-
-        return load_family_component(info, component, dtype)
+def load_ldm_component(info: CheckpointInfo, component: str, dtype: torch.dtype = torch.float32,
+                       ) -> torch.nn.Module:
+    """One component ("unet", "vae" or "text_encoder") of an SD1.x-like checkpoint, on the CPU, in eval mode."""
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}")
     if info.kind == "diffusers":
-        return _load_diffusers_component(info.path, component, dtype)
+        return load_diffusers_component(info.path, component, dtype)
     config = info.configs[component]
     if component == "unet":
         model = build_unet(config)
-        return _materialize(model, _unet_state(info, model), dtype)
+        return materialize(model, unet_state(info, model), dtype)
     if component == "vae":
         model = build_vae(config)
         levels = len(config["block_out_channels"])
-        return _materialize(model, _vae_state(info.extra["tensors"], VAE_PREFIX, model, levels), dtype)
+        return materialize(model, vae_state(info.extra["tensors"], VAE_PREFIX, model, levels), dtype)
     model = build_text_encoder(config)
-    return _materialize(model, _text_state(info, model), dtype)
+    return materialize(model, text_state(info, model), dtype)
 
 
-def _load_diffusers_component(path: Path, component: str, dtype: torch.dtype) -> torch.nn.Module:
+def load_diffusers_component(path: Path, component: str, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
     folder = path / component
@@ -276,7 +241,8 @@ def load_vae_file(path: Path, dtype: torch.dtype = torch.float32) -> Autoencoder
         renamed = {vae_key_to_ldm(k[len(prefix):], levels): v for k, v in shapes.items() if k.startswith(prefix)}
         model = build_vae(vae_config(renamed, base))
         state = tensors.read([prefix + k for k in model.state_dict()])
-        return _materialize(model, {k[len(prefix):]: v for k, v in state.items()}, dtype)
+        return materialize(model, {k[len(prefix):]: v for k, v in state.items()}, dtype)
     config = vae_config({k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}, base)
     model = build_vae(config)
-    return _materialize(model, _vae_state(tensors, prefix, model, len(config["block_out_channels"])), dtype)
+    return materialize(model, vae_state(tensors, prefix, model, len(config["block_out_channels"])), dtype)
+

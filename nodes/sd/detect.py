@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from latentgraph.nodes.sd.ldm_keys import CLIP_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
@@ -50,7 +50,7 @@ def family_config(family: str, component: str) -> dict[str, Any]:
 class Detected:
     """What a single-file checkpoint holds: its family and a diffusers config per component."""
 
-    family: str  # "sd1" (OpenAI CLIP text encoder) or "sd2" (OpenCLIP)
+    family: str  # the family's registered name
     text_layout: str  # "clip" or "open_clip"
     prediction_type: str
     unet: dict[str, Any]
@@ -61,17 +61,17 @@ class Detected:
     text_layers_in_file: int = 0
 
 
-def _strip(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
+def strip_prefix(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
     return {k[len(prefix):]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
 
 
-def _indices(shapes: Shapes, pattern: str) -> list[int]:
+def indices(shapes: Shapes, pattern: str) -> list[int]:
     rx = re.compile(pattern)
     return sorted({int(m[1]) for k in shapes if (m := rx.match(k))})
 
 
-def _blocks_in(shapes: Shapes, prefix: str) -> int:
-    return len(_indices(shapes, re.escape(prefix) + r"transformer_blocks\.(\d+)\."))
+def blocks_in(shapes: Shapes, prefix: str) -> int:
+    return len(indices(shapes, re.escape(prefix) + r"transformer_blocks\.(\d+)\."))
 
 
 def unet_config(shapes: Shapes, base: dict[str, Any], head_channels: int | None) -> tuple[dict[str, Any], set[int]]:
@@ -81,8 +81,8 @@ def unet_config(shapes: Shapes, base: dict[str, Any], head_channels: int | None)
     if "label_emb.0.0.weight" in shapes or "label_emb.weight" in shapes:
         raise UnknownCheckpoint("class-conditioned UNets (SDXL, upscalers) are not supported by this loader")
     c0 = shapes["input_blocks.0.0.weight"][0]
-    inputs = _indices(shapes, r"input_blocks\.(\d+)\.")
-    downs = _indices(shapes, r"input_blocks\.(\d+)\.0\.op\.weight")
+    inputs = indices(shapes, r"input_blocks\.(\d+)\.")
+    downs = indices(shapes, r"input_blocks\.(\d+)\.0\.op\.weight")
     per_level = downs[0] if downs else len(inputs)
     layers = per_level - 1
     levels = len(downs) + 1
@@ -92,7 +92,7 @@ def unet_config(shapes: Shapes, base: dict[str, Any], head_channels: int | None)
         channels.append(shapes[f"input_blocks.{block}.0.out_layers.3.weight"][0])
         attn = f"input_blocks.{block}.1.proj_in.weight" in shapes
         down_types.append("CrossAttnDownBlock2D" if attn else "DownBlock2D")
-        depth.append(_blocks_in(shapes, f"input_blocks.{block}.1.") if attn else 1)
+        depth.append(blocks_in(shapes, f"input_blocks.{block}.1.") if attn else 1)
     for level in range(levels):
         attn = f"output_blocks.{level * per_level}.1.proj_in.weight" in shapes
         up_types.append("CrossAttnUpBlock2D" if attn else "UpBlock2D")
@@ -123,14 +123,14 @@ def vae_config(shapes: Shapes, base: dict[str, Any]) -> dict[str, Any]:
     """An AutoencoderKL config from LDM VAE shapes (prefix removed)."""
     if "decoder.conv_in.weight" not in shapes or "encoder.conv_in.weight" not in shapes:
         raise UnknownCheckpoint("no VAE weights (first_stage_model.encoder/decoder.*) found")
-    levels = _indices(shapes, r"encoder\.down\.(\d+)\.")
+    levels = indices(shapes, r"encoder\.down\.(\d+)\.")
     config = dict(base)
     config.update(
         in_channels=shapes["encoder.conv_in.weight"][1],
         out_channels=shapes["decoder.conv_out.weight"][0],
         latent_channels=shapes["decoder.conv_in.weight"][1],
         block_out_channels=[shapes[f"encoder.down.{i}.block.0.conv1.weight"][0] for i in levels],
-        layers_per_block=len(_indices(shapes, r"encoder\.down\.0\.block\.(\d+)\.")),
+        layers_per_block=len(indices(shapes, r"encoder\.down\.0\.block\.(\d+)\.")),
         down_block_types=["DownEncoderBlock2D"] * len(levels),
         up_block_types=["UpDecoderBlock2D"] * len(levels),
     )
@@ -146,13 +146,13 @@ def text_config(shapes: Shapes, base: dict[str, Any], layout: str) -> tuple[dict
         pre = "text_model." if "text_model.embeddings.token_embedding.weight" in shapes else ""
         vocab, width = shapes[f"{pre}embeddings.token_embedding.weight"]
         positions = shapes[f"{pre}embeddings.position_embedding.weight"][0]
-        in_file = len(_indices(shapes, re.escape(pre) + r"encoder\.layers\.(\d+)\."))
+        in_file = len(indices(shapes, re.escape(pre) + r"encoder\.layers\.(\d+)\."))
         inner = shapes[f"{pre}encoder.layers.0.mlp.fc1.weight"][0]
         layers = in_file
     else:
         vocab, width = shapes["token_embedding.weight"]
         positions = shapes["positional_embedding"][0]
-        in_file = len(_indices(shapes, r"transformer\.resblocks\.(\d+)\."))
+        in_file = len(indices(shapes, r"transformer\.resblocks\.(\d+)\."))
         inner = shapes["transformer.resblocks.0.mlp.c_fc.weight"][0]
         layers = in_file - 1
     config = dict(base)
@@ -161,7 +161,26 @@ def text_config(shapes: Shapes, base: dict[str, Any], layout: str) -> tuple[dict
     return config, in_file
 
 
-def _text_layout(shapes: Shapes) -> str:
+def _apply_hints(detected: Detected, hints: dict[str, Any]) -> None:
+    for component in ("unet", "vae", "text_encoder", "scheduler"):
+        getattr(detected, component).update(hints.get(component, {}))
+    detected.prediction_type = detected.scheduler.get("prediction_type", detected.prediction_type)
+
+
+class LdmFamily(Protocol):
+    """What the LDM shape reader needs of an SD1.x-like family (SD1.x and SD2.x implement it)."""
+
+    name: str
+    text_layout: str  # "clip" or "open_clip"
+    head_channels: int | None  # UNet attention head width; None: 8 heads per attention
+    v_from_norm_spread: bool  # guess v-prediction from a late norm bias when nothing says
+    eps_sample_size: int | None  # the UNet sample size of an eps model, when it differs from the config's
+
+    def config(self, component: str) -> dict[str, Any]: ...
+
+
+def text_layout(shapes: Shapes) -> str:
+    """"open_clip" or "clip": how the file stores its text encoder."""
     if any(k.startswith(OPEN_CLIP_PREFIX) for k in shapes):
         return "open_clip"
     if any(k.startswith(CLIP_PREFIX) for k in shapes):
@@ -169,36 +188,29 @@ def _text_layout(shapes: Shapes) -> str:
     raise UnknownCheckpoint("no text encoder weights (cond_stage_model.*) found")
 
 
-def _apply_hints(detected: Detected, hints: dict[str, Any]) -> None:
-    for component in ("unet", "vae", "text_encoder", "scheduler"):
-        getattr(detected, component).update(hints.get(component, {}))
-    detected.prediction_type = detected.scheduler.get("prediction_type", detected.prediction_type)
-
-
 def detect(shapes: Shapes, metadata: Mapping[str, str] | None = None,
-           read: Callable[[str], torch.Tensor] | None = None) -> Detected:
-    """Family and configs of an LDM-layout checkpoint from its key shapes; `read` loads one tensor when needed."""
-    layout = _text_layout(shapes)
-    family = "sd2" if layout == "open_clip" else "sd1"
+           read: Callable[[str], torch.Tensor] | None = None, *, family: LdmFamily) -> Detected:
+    """Configs of an LDM-layout checkpoint of `family` from its key shapes; `read` loads one tensor when needed."""
+    layout = family.text_layout
     prefix = OPEN_CLIP_PREFIX if layout == "open_clip" else CLIP_PREFIX
-    unet_shapes = _strip(shapes, UNET_PREFIX)
-    unet, up_attention = unet_config(unet_shapes, family_config(family, "unet"), 64 if family == "sd2" else None)
-    vae = vae_config(_strip(shapes, VAE_PREFIX), family_config(family, "vae"))
-    text, in_file = text_config(_strip(shapes, prefix), family_config(family, "text_encoder"), layout)
-    scheduler = dict(family_config(family, "scheduler"))
+    unet_shapes = strip_prefix(shapes, UNET_PREFIX)
+    unet, up_attention = unet_config(unet_shapes, family.config("unet"), family.head_channels)
+    vae = vae_config(strip_prefix(shapes, VAE_PREFIX), family.config("vae"))
+    text, in_file = text_config(strip_prefix(shapes, prefix), family.config("text_encoder"), layout)
+    scheduler = family.config("scheduler")
     prediction = "epsilon"
     if "v_pred" in shapes:
         prediction = "v_prediction"
-    elif family == "sd2" and read is not None and unet["in_channels"] == 4:
+    elif family.v_from_norm_spread and read is not None and unet["in_channels"] == 4:
         last = max(up_attention) * (unet["layers_per_block"] + 1) + unet["layers_per_block"] if up_attention else None
         key = f"{UNET_PREFIX}output_blocks.{last}.1.transformer_blocks.0.norm1.bias"
         if last is not None and key in shapes:
             prediction = "v_prediction" if torch.std(read(key).float(), unbiased=False) > V_PRED_STD_THRESHOLD \
                 else "epsilon"
     scheduler["prediction_type"] = prediction
-    if prediction == "epsilon":
-        unet["sample_size"] = family_config("sd1", "unet")["sample_size"]
-    detected = Detected(family, layout, prediction, unet, vae, text, scheduler, up_attention, in_file)
+    if prediction == "epsilon" and family.eps_sample_size is not None:
+        unet["sample_size"] = family.eps_sample_size
+    detected = Detected(family.name, layout, prediction, unet, vae, text, scheduler, up_attention, in_file)
     if metadata and METADATA_KEY in metadata:
         _apply_hints(detected, json.loads(metadata[METADATA_KEY]))
     return detected

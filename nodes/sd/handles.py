@@ -11,19 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from latentgraph.engine.context import Environment
-from latentgraph.nodes.sd.checkpoint import CheckpointInfo, inspect_checkpoint, load_component, load_vae_file
+from latentgraph.engine.folders import Folders
+from latentgraph.nodes.sd.checkpoint import CheckpointInfo, TensorFile, load_vae_file
 from latentgraph.nodes.sd.devices import weight_dtype
+from latentgraph.nodes.sd.family import Family
 from latentgraph.nodes.sd.lora import LoraPatch, patched
-from latentgraph.nodes.sd.model_inputs import denoiser_output
 from latentgraph.nodes.sd.models import ModelManager
-from latentgraph.nodes.sd.noise_space import NoiseSpace, discrete_space
+from latentgraph.nodes.sd.noise_space import NoiseSpace
+from latentgraph.nodes.sd.prompt import encode_prompt
 from latentgraph.nodes.sd.services import CheckpointInfos, model_manager
+from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 
 __all__ = ["ClipHandle", "Component", "ModelHandle", "VaeHandle", "checkpoint_info", "checkpoint_infos", "component",
            "model_manager"]
@@ -33,12 +35,15 @@ HANDLE_BYTES = 1024
 
 def checkpoint_infos(env: Environment) -> CheckpointInfos:
     """The environment's checkpoint facts (header reads remembered per file content, cleared by /free)."""
-    return env.service(CheckpointInfos, lambda _env: CheckpointInfos(inspect_checkpoint))
+    return env.service(CheckpointInfos, lambda _env: CheckpointInfos())
 
 
-def checkpoint_info(env: Environment, path: Path, identity: str) -> CheckpointInfo:
-    """Header facts of a checkpoint, read once per file content in this environment."""
-    return checkpoint_infos(env).get(path, identity)
+def checkpoint_info(env: Environment, path: Path, identity: str, family: Family) -> CheckpointInfo:
+    """Header facts of a checkpoint of `family`, read once per file content in this environment."""
+    def inspect(p: Path) -> CheckpointInfo | None:
+        return family.inspect(p, TensorFile(p) if p.is_file() else None)
+
+    return checkpoint_infos(env).get(path, identity, inspect)
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,9 @@ class Component:
 
     path: Path
     identity: str
-    part: str  # "unet", "vae", "text_encoder" or "vae_file"
+    part: str  # a component of the family's checkpoints ("unet", "vae", "text_encoder", ...) or "vae_file"
     dtype: torch.dtype
+    family: Family | None = None  # who loads it (None: a standalone VAE file)
 
     @property
     def key(self) -> str:
@@ -56,15 +62,18 @@ class Component:
 
     def loader(self, env: Environment) -> Callable[[], torch.nn.Module]:
         def load() -> torch.nn.Module:
-            if self.part == "vae_file":
+            if self.family is None:
                 return load_vae_file(self.path, self.dtype)
-            return load_component(checkpoint_info(env, self.path, self.identity), self.part, self.dtype)
+            info = checkpoint_info(env, self.path, self.identity, self.family)
+            return self.family.load_component(info, self.part, self.dtype)
         return load
 
 
-def component(path: Path, identity: str, part: str, manager: ModelManager) -> Component:
+def component(path: Path, identity: str, part: str, manager: ModelManager, family: Family | None = None,
+              ) -> Component:
+    """A loadable part of a family's checkpoint (`family` None: a standalone VAE file, part "vae_file")."""
     fragile = part in ("vae", "vae_file")
-    return Component(Path(path), identity, part, weight_dtype(manager.device, fragile=fragile))
+    return Component(Path(path), identity, part, weight_dtype(manager.device, fragile=fragile), family)
 
 
 @dataclass(frozen=True)
@@ -86,10 +95,11 @@ class _Handle:
 
 @dataclass(frozen=True)
 class ModelHandle(_Handle):
-    """MODEL: the denoising UNet, its noise schedule, and LoRA patches."""
+    """MODEL: the denoiser, its family (which says how to call it and in which noise space to sample), its noise
+    schedule, and LoRA patches."""
 
+    family: Family
     scheduler_config: dict[str, Any] = field(default_factory=dict, compare=False)
-    family: str = "sd1"
     latent_scale: float = 0.18215
     patches: tuple[LoraPatch, ...] = ()
 
@@ -101,13 +111,12 @@ class ModelHandle(_Handle):
         return replace(self, patches=(*self.patches, patch))
 
     def noise_space(self, sampler_name: str, scheduler_name: str) -> NoiseSpace:
-        """The sampling loop's strategy for this model: eps, v or sample prediction on its UNet schedule."""
-        return discrete_space(self.prediction_type)(sampler_name, scheduler_name, self.scheduler_config,
-                                                    self.latent_scale)
+        """The sampling loop's strategy for this model, as its family says (eps, v, flow...)."""
+        return self.family.noise_space(self, sampler_name, scheduler_name)
 
     def denoiser(self) -> Callable[..., torch.Tensor]:
         """The network call with what this family's denoiser takes besides latent, timestep and context."""
-        return partial(denoiser_output, self.family)
+        return self.family.denoise
 
     @contextmanager
     def use(self) -> Iterator[torch.nn.Module]:
@@ -118,24 +127,27 @@ class ModelHandle(_Handle):
 
 @dataclass(frozen=True)
 class ClipHandle(_Handle):
-    """CLIP: the text encoder, the tokenizer's padding, the layer to read from, and LoRA patches."""
+    """CLIP: one text encoder, its family (pad token, layer numbering), the layer to read from, and LoRA patches."""
 
-    family: str = "sd1"
+    family: Family
     layer: int = -1
     patches: tuple[LoraPatch, ...] = ()
 
     @property
     def pad_token(self) -> str | None:
-        return "!" if self.family == "sd2" else None
+        return self.family.pad_token
 
     @property
     def encoder_layer(self) -> int:
-        """The layer of the loaded encoder that `layer` (ComfyUI's numbering) means.
+        """The layer of the loaded encoder that `layer` (ComfyUI's numbering) means, as the family numbers it."""
+        return self.family.clip_layer(self.layer)
 
-        SD2.x's encoder is loaded without OpenCLIP's last block, which SD2.x never uses, so ComfyUI's -2 (its
-        default for SD2.x) is our last layer; -1, that unused block, falls back to the last layer we have.
-        """
-        return min(-1, self.layer + 1) if self.family == "sd2" else self.layer
+    def encode(self, text: str, folders: Folders | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(context, pooled) for the prompt: one encoder gives no pooled output."""
+        with self.use() as encoder:
+            embeddings = encode_prompt(text, encoder, load_clip_tokenizer(self.pad_token), self.encoder_layer,
+                                       folders)
+        return embeddings, None
 
     def with_patch(self, patch: LoraPatch) -> ClipHandle:
         return replace(self, patches=(*self.patches, patch))

@@ -11,8 +11,8 @@ from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Clip, Model
 from latentgraph.nodes.sd.checkpoint import file_identity, is_diffusers_folder
-from latentgraph.nodes.sd.families import FAMILIES, family_handles
-from latentgraph.nodes.sd.handles import ClipHandle, ModelHandle, VaeHandle, checkpoint_info, component, model_manager
+from latentgraph.nodes.sd.families import checkpoint_handles, inspect_checkpoint
+from latentgraph.nodes.sd.handles import VaeHandle, checkpoint_infos, component, model_manager
 from latentgraph.nodes.sd.lora import LoraPatch, addressed_modules, load_lora_file
 from latentgraph.nodes.sd.model_paths import add_extra_model_paths
 
@@ -73,7 +73,8 @@ def _fingerprint(path_of: Any) -> str | None:
 
 
 class CheckpointLoaderSimple(Node):
-    """Loads a Stable Diffusion checkpoint (single file or diffusers folder): its UNet, text encoder and VAE."""
+    """Loads a checkpoint of any installed model family (single file or diffusers folder): its denoiser, text
+    encoders and VAE."""
 
     CATEGORY = "loaders"
     DISPLAY_NAME = "Load Checkpoint"
@@ -90,20 +91,11 @@ class CheckpointLoaderSimple(Node):
         env = ctx.env
         path = find_checkpoint(env, self.ckpt_name)
         identity = file_identity(path)
-        info = checkpoint_info(env, path, identity)
-        if info.family in FAMILIES:
-            handles = family_handles(info, env)
-            for handle in handles:
-                handle.preload()
-            return handles
-        manager = model_manager(env)
-        model = ModelHandle(component(path, identity, "unet", manager), env, scheduler_config=info.configs["scheduler"],
-                            family=info.family, latent_scale=float(info.configs["vae"].get("scaling_factor", 0.18215)))
-        clip = ClipHandle(component(path, identity, "text_encoder", manager), env, family=info.family)
-        vae = VaeHandle(component(path, identity, "vae", manager), env)
-        for handle in (model, clip, vae):
+        info = checkpoint_infos(env).get(path, identity, inspect_checkpoint)
+        handles = checkpoint_handles(info, env)  # the checkpoint's family gives them
+        for handle in handles:
             handle.preload()
-        return model, clip, vae
+        return handles
 
 
 class VAELoader(Node):

@@ -13,18 +13,10 @@ import torch
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Model
-from latentgraph.nodes.sd.checkpoint import TensorFile, file_identity
-from latentgraph.nodes.sd.detect import UnknownCheckpoint, family_config
-from latentgraph.nodes.sd.families import (
-    FlowModelHandle,
-    MultiClipHandle,
-    family_handles,
-    find_t5_tokenizer,
-    inspect_family,
-    part,
-    text_file_role,
-)
-from latentgraph.nodes.sd.handles import model_manager
+from latentgraph.nodes.sd.checkpoint import file_identity
+from latentgraph.nodes.sd.families import diffusion_model, family
+from latentgraph.nodes.sd.parts import FlowModelHandle, MultiClipHandle, find_t5_tokenizer, part, text_file_role
+from latentgraph.nodes.sd.services import model_manager
 
 MAX_RESOLUTION = 16384
 SD3_LATENT_CHANNELS = 16
@@ -84,7 +76,7 @@ class ModelSamplingSD3(Node):
     def execute(self, ctx: RunContext) -> tuple:
         if not isinstance(self.model, FlowModelHandle):
             raise ValueError(f"ModelSamplingSD3 applies to flow-matching models (SD3), not to a "
-                             f"{getattr(self.model, 'family', '?')} model")
+                             f"{getattr(getattr(self.model, 'family', None), 'name', '?')} model")
         return (self.model.with_shift(self.shift),)
 
 
@@ -105,25 +97,12 @@ class UNETLoader(Node):
     def execute(self, ctx: RunContext) -> tuple:
         if self.weight_dtype != "default":
             raise ValueError(f"weight_dtype {self.weight_dtype} is not supported yet; use default")
-        env = ctx.env
-        path = _find(env, self.unet_name, *UNET_KINDS)
-        identity = file_identity(path)
-        info = inspect_family(path)
-        if info is not None and info.family != "sd3":
-            model, _, _ = family_handles(info, env, require_vae=False)
-        else:
-            shapes = TensorFile(path).shapes
-            if not any("joint_blocks." in k for k in shapes):
-                raise UnknownCheckpoint(f"{path.name} is neither an SD3 MMDiT nor an SDXL UNet file")
-            vae = family_config("sd3", "vae")
-            model = FlowModelHandle(part(path, identity, "transformer_file", model_manager(env)), env,
-                                    scheduler_config=dict(family_config("sd3", "scheduler")), family="sd3",
-                                    latent_scale=vae["scaling_factor"], latent_shift=vae["shift_factor"])
+        model = diffusion_model(_find(ctx.env, self.unet_name, *UNET_KINDS), ctx.env)  # the file's family's MODEL
         model.preload()
         return (model,)
 
 
-def _clip_handle(env: Environment, paths: list[Path], family: str) -> MultiClipHandle:
+def _clip_handle(env: Environment, paths: list[Path], family_name: str) -> MultiClipHandle:
     """Assigns each text encoder file its role: T5 by its keys; of two CLIPs the narrower is CLIP-L (the first
     when equal); a single CLIP is CLIP-G from 1280 wide."""
     manager = model_manager(env)
@@ -141,11 +120,12 @@ def _clip_handle(env: Environment, paths: list[Path], family: str) -> MultiClipH
     if len(t5) > 1:
         raise ValueError("at most one T5 text encoder can be used")
     roles += [("t5", p) for p in t5]
-    if family.startswith("sdxl") and t5:
-        raise ValueError("SDXL uses no T5 text encoder")
+    chosen = family(family_name)
+    if t5 and "t5" not in chosen.text_roles:
+        raise ValueError(f"{chosen.label} uses no T5 text encoder")
     tokenizer = find_t5_tokenizer(env.folders, t5[0].parent) if t5 else None
     encoders = tuple((role, part(p, file_identity(p), "text_file", manager)) for role, p in roles)
-    clip = MultiClipHandle(encoders, env, family=family, t5_tokenizer=tokenizer)
+    clip = MultiClipHandle(encoders, env, family=chosen, t5_tokenizer=tokenizer)
     clip.preload()
     return clip
 

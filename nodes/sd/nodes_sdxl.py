@@ -6,15 +6,17 @@ from __future__ import annotations
 from latentgraph.engine.context import RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Clip
-from latentgraph.nodes.sd.families import MultiClipHandle
+from latentgraph.nodes.sd.families import sdxl, sdxl_refiner
+from latentgraph.nodes.sd.family import Family
+from latentgraph.nodes.sd.parts import MultiClipHandle
 
 MAX_RESOLUTION = 16384
 
 
-def _xl_clip(clip: object, families: tuple[str, ...], node: str) -> MultiClipHandle:
-    if not isinstance(clip, MultiClipHandle) or clip.family not in families:
-        found = getattr(clip, "family", type(clip).__name__)
-        raise ValueError(f"{node} needs the CLIP of an {' or '.join(families)} checkpoint, got a {found} CLIP")
+def _xl_clip(clip: object, family: Family, node: str) -> MultiClipHandle:
+    if not isinstance(clip, MultiClipHandle) or clip.family is not family:
+        found = getattr(getattr(clip, "family", None), "name", type(clip).__name__)
+        raise ValueError(f"{node} needs the CLIP of an {family.name} checkpoint, got a {found} CLIP")
     return clip
 
 
@@ -36,7 +38,7 @@ class CLIPTextEncodeSDXL(Node):
     text_l: str = Input("", multiline=True, dynamic_prompts=True)
 
     def execute(self, ctx: RunContext) -> tuple:
-        clip = _xl_clip(self.clip, ("sdxl",), "CLIPTextEncodeSDXL")
+        clip = _xl_clip(self.clip, sdxl.FAMILY, "CLIPTextEncodeSDXL")
         context, pooled = clip.encode(self.text_g, ctx.env.folders, text_l=self.text_l)
         options = {"pooled_output": pooled, "width": self.width, "height": self.height, "crop_w": self.crop_w,
                    "crop_h": self.crop_h, "target_width": self.target_width, "target_height": self.target_height}
@@ -56,7 +58,7 @@ class CLIPTextEncodeSDXLRefiner(Node):
     clip: Clip
 
     def execute(self, ctx: RunContext) -> tuple:
-        clip = _xl_clip(self.clip, ("sdxl_refiner",), "CLIPTextEncodeSDXLRefiner")
+        clip = _xl_clip(self.clip, sdxl_refiner.FAMILY, "CLIPTextEncodeSDXLRefiner")
         context, pooled = clip.encode(self.text, ctx.env.folders)
         options = {"pooled_output": pooled, "aesthetic_score": self.ascore, "width": self.width,
                    "height": self.height}

@@ -22,19 +22,19 @@ import torch
 from latentgraph.nodes.sd.checkpoint import (
     CheckpointInfo,
     TensorFile,
-    _materialize,
-    _vae_state,
     build_vae,
     file_identity,
+    materialize,
+    vae_state,
 )
 from latentgraph.nodes.sd.checkpoint_save import vae_to_ldm
 from latentgraph.nodes.sd.detect import (
     METADATA_KEY,
     Shapes,
     UnknownCheckpoint,
-    _indices,
-    _strip,
     family_config,
+    indices,
+    strip_prefix,
     text_config,
     vae_config,
 )
@@ -147,13 +147,13 @@ def transformer_config(shapes: Shapes, base: dict[str, Any]) -> dict[str, Any]:
         in_channels=in_channels,
         patch_size=patch,
         out_channels=shapes["final_layer.linear.weight"][0] // (patch * patch),
-        num_layers=len(_indices(shapes, r"joint_blocks\.(\d+)\.")),
+        num_layers=len(indices(shapes, r"joint_blocks\.(\d+)\.")),
         num_attention_heads=width // head,
         caption_projection_dim=shapes["context_embedder.weight"][0],
         joint_attention_dim=shapes["context_embedder.weight"][1],
         pooled_projection_dim=shapes["y_embedder.mlp.0.weight"][1],
         pos_embed_max_size=math.isqrt(shapes["pos_embed"][1]),
-        dual_attention_layers=_indices(shapes, r"joint_blocks\.(\d+)\.x_block\.attn2\."),
+        dual_attention_layers=indices(shapes, r"joint_blocks\.(\d+)\.x_block\.attn2\."),
         qk_norm="rms_norm" if "joint_blocks.0.x_block.attn.ln_q.weight" in shapes else None,
     )
     return config
@@ -179,7 +179,7 @@ def t5_config(shapes: Shapes, base: dict[str, Any]) -> dict[str, Any]:
         vocab_size=vocab, d_model=width, num_heads=heads, relative_attention_num_buckets=buckets,
         d_kv=shapes[f"{block}0.SelfAttention.q.weight"][0] // heads,
         d_ff=shapes[f"{block}1.DenseReluDense.{'wi_0' if gated else 'wi'}.weight"][0],
-        num_layers=len(_indices(shapes, r"encoder\.block\.(\d+)\.")),
+        num_layers=len(indices(shapes, r"encoder\.block\.(\d+)\.")),
         is_gated_act=gated, feed_forward_proj="gated-gelu" if gated else "relu",
     )
     return config
@@ -190,14 +190,14 @@ def detect_sd3(shapes: Shapes, metadata: Mapping[str, str] | None = None) -> dic
     hints = json.loads(metadata[METADATA_KEY]) if metadata and METADATA_KEY in metadata else {}
     base = dict(family_config("sd3", "transformer"), **hints.get("transformer", {}))
     configs: dict[str, dict[str, Any]] = {
-        "transformer": transformer_config(_strip(shapes, UNET_PREFIX), base),
+        "transformer": transformer_config(strip_prefix(shapes, UNET_PREFIX), base),
         "scheduler": dict(family_config("sd3", "scheduler")),
     }
-    vae_shapes = _strip(shapes, VAE_PREFIX)
+    vae_shapes = strip_prefix(shapes, VAE_PREFIX)
     if vae_shapes:
         configs["vae"] = sd3_vae_config(vae_shapes)
     for component, prefix in TEXT_PREFIXES.items():
-        text_shapes = _strip(shapes, prefix)
+        text_shapes = strip_prefix(shapes, prefix)
         if not text_shapes:
             continue
         base = family_config("sd3", component)
@@ -250,7 +250,7 @@ def _read_prefixed(tensors: TensorFile, prefix: str) -> dict[str, torch.Tensor]:
 def load_transformer(tensors: TensorFile, config: Mapping[str, Any], prefix: str,
                      dtype: torch.dtype) -> SD3Transformer2DModel:
     model = build_transformer(config)
-    return _materialize(model, transformer_from_sai(_read_prefixed(tensors, prefix), config), dtype)
+    return materialize(model, transformer_from_sai(_read_prefixed(tensors, prefix), config), dtype)
 
 
 def load_text_model(tensors: TensorFile, component: str, config: Mapping[str, Any], prefix: str,
@@ -268,7 +268,7 @@ def load_text_model(tensors: TensorFile, component: str, config: Mapping[str, An
         if "text_projection.weight" not in state:
             raise UnknownCheckpoint(f"{tensors.path.name}: CLIP text encoder without text_projection.weight "
                                     "(SD3 needs the projected pooled output)")
-    return _materialize(model, state, dtype)
+    return materialize(model, state, dtype)
 
 
 def load_sd3_component(info: CheckpointInfo, component: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -281,7 +281,7 @@ def load_sd3_component(info: CheckpointInfo, component: str, dtype: torch.dtype 
         return load_transformer(tensors, config, UNET_PREFIX, dtype)
     if component == "vae":
         model = build_vae(config)
-        return _materialize(model, _vae_state(tensors, VAE_PREFIX, model, len(config["block_out_channels"])), dtype)
+        return materialize(model, vae_state(tensors, VAE_PREFIX, model, len(config["block_out_channels"])), dtype)
     return load_text_model(tensors, component, config, TEXT_PREFIXES[component], dtype)
 
 

@@ -20,21 +20,21 @@ import torch
 from latentgraph.nodes.sd.checkpoint import (
     CheckpointInfo,
     TensorFile,
-    _materialize,
-    _read_renamed,
-    _vae_state,
     build_unet,
     build_vae,
     file_identity,
+    materialize,
+    read_renamed,
+    vae_state,
 )
 from latentgraph.nodes.sd.checkpoint_save import vae_to_ldm
 from latentgraph.nodes.sd.detect import (
     METADATA_KEY,
     Shapes,
     UnknownCheckpoint,
-    _blocks_in,
-    _strip,
+    blocks_in,
     family_config,
+    strip_prefix,
     text_config,
     vae_config,
 )
@@ -78,8 +78,8 @@ def xl_unet_config(shapes: Shapes, base: dict[str, Any]) -> tuple[dict[str, Any]
     plain = {k: v for k, v in shapes.items() if not k.startswith("label_emb.")}
     config, up_attention = sd_unet_config(plain, base, HEAD_CHANNELS)
     per_level = config["layers_per_block"] + 1
-    mid = _blocks_in(plain, "middle_block.1.") or 1
-    depth = [_blocks_in(plain, f"input_blocks.{1 + level * per_level}.1.") or mid
+    mid = blocks_in(plain, "middle_block.1.") or 1
+    depth = [blocks_in(plain, f"input_blocks.{1 + level * per_level}.1.") or mid
              for level in range(len(config["block_out_channels"]))]
     if depth[-1] != mid:
         raise UnknownCheckpoint(f"UNet with mid-block depth {mid} after a level of depth {depth[-1]} is not SDXL")
@@ -110,7 +110,7 @@ def _family_from_shapes(shapes: Shapes, unet: dict[str, Any]) -> str:
 
 def detect_sdxl(shapes: Shapes, metadata: Mapping[str, str] | None = None) -> tuple[str, dict[str, dict], set[int]]:
     """(family, configs per component, up levels with attention) of an SDXL base or refiner file."""
-    unet_shapes = _strip(shapes, UNET_PREFIX)
+    unet_shapes = strip_prefix(shapes, UNET_PREFIX)
     if "input_blocks.0.0.weight" not in unet_shapes:
         raise UnknownCheckpoint("SDXL text encoder weights found but no UNet (model.diffusion_model.*)")
     unet, up_attention = xl_unet_config(unet_shapes, family_config("sdxl_base", "unet"))
@@ -118,15 +118,15 @@ def detect_sdxl(shapes: Shapes, metadata: Mapping[str, str] | None = None) -> tu
     source = CONFIG_FAMILY[family]
     unet, up_attention = xl_unet_config(unet_shapes, family_config(source, "unet"))
     configs: dict[str, dict[str, Any]] = {"unet": unet, "scheduler": dict(family_config(source, "scheduler"))}
-    vae_shapes = _strip(shapes, VAE_PREFIX)
+    vae_shapes = strip_prefix(shapes, VAE_PREFIX)
     if vae_shapes:
         configs["vae"] = vae_config(vae_shapes, family_config(source, "vae"))
     big_g = BASE_BIG_G if family == "sdxl" else REFINER_BIG_G
     if any(k.startswith(big_g) for k in shapes):
-        configs["text_encoder_2"] = big_g_config(_strip(shapes, big_g), family_config(source, "text_encoder_2"))
+        configs["text_encoder_2"] = big_g_config(strip_prefix(shapes, big_g), family_config(source, "text_encoder_2"))
     if family == "sdxl" and any(k.startswith(BASE_CLIP_L) for k in shapes):
-        configs["text_encoder"], _ = text_config(_strip(shapes, BASE_CLIP_L), family_config(source, "text_encoder"),
-                                                 "clip")
+        configs["text_encoder"], _ = text_config(strip_prefix(shapes, BASE_CLIP_L),
+                                                 family_config(source, "text_encoder"), "clip")
     if metadata and METADATA_KEY in metadata:
         for component, hints in json.loads(metadata[METADATA_KEY]).items():
             if component in configs:
@@ -160,20 +160,20 @@ def load_sdxl_component(info: CheckpointInfo, component: str, dtype: torch.dtype
         model = build_unet(config)
         layers, up = config["layers_per_block"], info.extra["up_attention_levels"]
         names = {k: UNET_PREFIX + xl_unet_key_to_ldm(k, layers, up) for k in model.state_dict()}
-        return _materialize(model, _read_renamed(tensors, names), dtype)
+        return materialize(model, read_renamed(tensors, names), dtype)
     if component == "vae":
         model = build_vae(config)
-        return _materialize(model, _vae_state(tensors, VAE_PREFIX, model, len(config["block_out_channels"])), dtype)
+        return materialize(model, vae_state(tensors, VAE_PREFIX, model, len(config["block_out_channels"])), dtype)
     if component == "text_encoder":
         model = build_text_encoder(config, projection=False)
-        return _materialize(model, _read_renamed(tensors, {k: BASE_CLIP_L + k for k in model.state_dict()}), dtype)
+        return materialize(model, read_renamed(tensors, {k: BASE_CLIP_L + k for k in model.state_dict()}), dtype)
     prefix = BASE_BIG_G if info.family == "sdxl" else REFINER_BIG_G
     model = build_text_encoder(config, projection=True)
     keys = [k for k in tensors.shapes if k.startswith(prefix)]
     raw = {k[len(prefix):]: v for k, v in tensors.read(keys).items()}
     state = open_clip_to_hf(raw, config["num_hidden_layers"])
     state["text_projection.weight"] = raw["text_projection"].T.contiguous()
-    return _materialize(model, state, dtype)
+    return materialize(model, state, dtype)
 
 
 def big_g_to_open_clip(text_encoder: CLIPTextModelWithProjection) -> dict[str, torch.Tensor]:

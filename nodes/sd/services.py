@@ -33,18 +33,20 @@ class CheckpointInfos:
     An opted-in pickled file has no header to read lazily: its whole state dict is loaded, so it is not kept.
     """
 
-    def __init__(self, inspect: Callable[[Path], CheckpointInfo], size: int = INFO_CACHE_SIZE) -> None:
-        self._inspect = inspect
+    def __init__(self, size: int = INFO_CACHE_SIZE) -> None:
         self._size = size
         self._infos: OrderedDict[str, CheckpointInfo] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, identity: str) -> CheckpointInfo:
+    def get(self, path: Path, identity: str, inspect: Callable[[Path], CheckpointInfo | None]) -> CheckpointInfo:
+        """The facts of the file `identity` names, read with `inspect` (its family's) the first time."""
         with self._lock:
             info = self._infos.get(identity)
         if info is not None:
             return info
-        info = self._inspect(Path(path))
+        info = inspect(Path(path))
+        if info is None:
+            raise ValueError(f"{Path(path).name} is no longer a checkpoint of the family that first read it")
         tensors = info.extra.get("tensors")
         if tensors is None or tensors.lazy:
             with self._lock:

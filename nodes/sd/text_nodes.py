@@ -5,9 +5,6 @@ from __future__ import annotations
 from latentgraph.engine.context import RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Clip, Conditioning
-from latentgraph.nodes.sd.families import MultiClipHandle
-from latentgraph.nodes.sd.prompt import encode_prompt
-from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 
 
 class CLIPTextEncode(Node):
@@ -24,13 +21,8 @@ class CLIPTextEncode(Node):
     clip: Clip
 
     def execute(self, ctx: RunContext) -> tuple:
-        if isinstance(self.clip, MultiClipHandle):
-            context, pooled = self.clip.encode(self.text, ctx.env.folders)
-            return ([[context, {"pooled_output": pooled}]],)
-        with self.clip.use() as encoder:
-            embeddings = encode_prompt(self.text, encoder, load_clip_tokenizer(self.clip.pad_token),
-                                       self.clip.encoder_layer, ctx.env.folders)
-        return ([[embeddings, {"pooled_output": None}]],)
+        context, pooled = self.clip.encode(self.text, ctx.env.folders)  # the CLIP's family decides how
+        return ([[context, {"pooled_output": pooled}]],)
 
 
 class CLIPSetLastLayer(Node):

@@ -17,10 +17,11 @@ from latentgraph.nodes.sd.checkpoint import (
     build_text_encoder,
     build_unet,
     build_vae,
-    inspect_checkpoint,
 )
 from latentgraph.nodes.sd.checkpoint_save import save_single_file, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
-from latentgraph.nodes.sd.detect import detect, family_config
+from latentgraph.nodes.sd.detect import family_config
+from latentgraph.nodes.sd.families import detect_ldm as detect
+from latentgraph.nodes.sd.families import inspect_checkpoint, load_component
 from latentgraph.nodes.sd.loader_nodes import checkpoint_names
 from latentgraph.nodes.sd.model_paths import read_extra_model_paths
 
@@ -35,8 +36,6 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_single_file_loads_to_the_same_weights(tiny_parts, tmp_path: Path) -> None:
-    from latentgraph.nodes.sd.checkpoint import load_component
-
     path = save_single_file(tiny_parts.unet, tiny_parts.vae, tiny_parts.text_encoder, tmp_path / "m.safetensors")
     info = inspect_checkpoint(path)
     assert (info.family, info.prediction_type) == ("sd1", "epsilon")
@@ -130,7 +129,6 @@ def test_shapes_not_tables_decide_dimensions() -> None:
 
 def test_sd2_v_prediction_single_file_round_trip(tmp_path: Path) -> None:
     """An SD2-style (OpenCLIP, gelu) model written with v-prediction loads back as such, with the same weights."""
-    from latentgraph.nodes.sd.checkpoint import load_component
     from latentgraph.nodes.sd.tiny import build_tiny_pipeline_components
 
     parts = build_tiny_pipeline_components(seed=1)
@@ -157,8 +155,6 @@ def test_pickled_checkpoints_are_refused_unless_allowed(tmp_path: Path, monkeypa
 
 def test_pickled_checkpoint_loads_when_the_user_opts_in(tiny_parts, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from latentgraph.nodes.sd.checkpoint import load_component
-
     state = {**unet_to_ldm(tiny_parts.unet), **vae_to_ldm(tiny_parts.vae),
              **text_encoder_to_ldm(tiny_parts.text_encoder)}
     torch.save({"state_dict": state}, tmp_path / "model.ckpt")
@@ -210,8 +206,6 @@ def test_standalone_vae_file_decodes_like_the_checkpoint_vae(registry, tiny_part
 def test_settings_shapes_cannot_tell_travel_in_the_metadata(tiny_parts, tmp_path: Path) -> None:
     """A VAE with one norm group and a UNet with 4 heads load back with those settings, not SD's conventions."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from latentgraph.nodes.sd.checkpoint import load_component
-
     torch.manual_seed(0)
     vae = AutoencoderKL.from_config(dict(tiny_parts.vae.config, norm_num_groups=1))
     unet = UNet2DConditionModel.from_config(dict(tiny_parts.unet.config, attention_head_dim=4))

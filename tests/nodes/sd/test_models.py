@@ -135,6 +135,7 @@ def test_runtime_caches_are_environment_services_cleared_by_free(tmp_path, tiny_
     """The model manager and the checkpoint facts belong to an environment, keyed by type: two environments
     share nothing, and Environment.free() (what /free calls) empties both."""
     from latentgraph.engine.context import Environment
+    from latentgraph.nodes.sd.families import family
     from latentgraph.nodes.sd.handles import checkpoint_info, checkpoint_infos
     from latentgraph.nodes.sd.models import ModelManager as Manager
     from latentgraph.nodes.sd.services import model_manager
@@ -143,8 +144,9 @@ def test_runtime_caches_are_environment_services_cleared_by_free(tmp_path, tiny_
     manager = model_manager(env)
     assert isinstance(manager, Manager) and model_manager(env) is manager and model_manager(other) is not manager
     assert env.services[Manager] is manager and "models" not in env.services
-    info = checkpoint_info(env, tiny_file, "tiny")
-    assert checkpoint_info(env, tiny_file, "tiny") is info and len(checkpoint_infos(other)) == 0
+    sd1 = family("sd1")
+    info = checkpoint_info(env, tiny_file, "tiny", sd1)
+    assert checkpoint_info(env, tiny_file, "tiny", sd1) is info and len(checkpoint_infos(other)) == 0
     manager.get("m", _loader(0, []))
     assert env.service_bytes() == SIZE
     env.free()

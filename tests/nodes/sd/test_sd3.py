@@ -10,9 +10,10 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from latentgraph.nodes import make_environment
-from latentgraph.nodes.sd.checkpoint import inspect_checkpoint
 from latentgraph.nodes.sd.detect import METADATA_KEY, UnknownCheckpoint, family_config
-from latentgraph.nodes.sd.families import family_handles, load_family_component
+from latentgraph.nodes.sd.families import checkpoint_handles as family_handles
+from latentgraph.nodes.sd.families import inspect_checkpoint
+from latentgraph.nodes.sd.families import load_component as load_family_component
 from latentgraph.nodes.sd.nodes_sd3 import (
     DualCLIPLoader,
     EmptySD3LatentImage,

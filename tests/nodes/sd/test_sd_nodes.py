@@ -13,6 +13,7 @@ from latentgraph.engine.executor import Executor
 from latentgraph.engine.interrupt import InterruptToken
 from latentgraph.engine.validate import InvalidPrompt
 from latentgraph.nodes import make_environment
+from latentgraph.nodes.sd.families import family
 from latentgraph.nodes.sd.latent_nodes import bislerp
 from latentgraph.nodes.sd.loader_nodes import CheckpointLoaderSimple
 from latentgraph.nodes.sd.prompt import encode_prompt, parse_weights
@@ -217,7 +218,7 @@ def test_workflow_examples_are_copied_to_a_fresh_input_folder(tmp_path: Path) ->
 
 def test_sd2_layer_numbering_follows_comfyui(handles) -> None:
     _, clip, _ = handles
-    sd2 = replace(clip, family="sd2")
+    sd2 = replace(clip, family=family("sd2"))
     assert [sd2.with_layer(n).encoder_layer for n in (-1, -2, -3)] == [-1, -1, -2]
     assert [clip.with_layer(n).encoder_layer for n in (-1, -2)] == [-1, -2]
 

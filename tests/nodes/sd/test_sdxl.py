@@ -14,9 +14,10 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from latentgraph.nodes import make_environment
-from latentgraph.nodes.sd.checkpoint import inspect_checkpoint
 from latentgraph.nodes.sd.detect import family_config
-from latentgraph.nodes.sd.families import family_handles, load_family_component
+from latentgraph.nodes.sd.families import checkpoint_handles as family_handles
+from latentgraph.nodes.sd.families import inspect_checkpoint
+from latentgraph.nodes.sd.families import load_component as load_family_component
 from latentgraph.nodes.sd.nodes_sdxl import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
 from latentgraph.nodes.sd.sampling import sample
 from latentgraph.nodes.sd.sdxl import big_g_to_open_clip, detect_sdxl, save_sdxl_single_file, xl_unet_key_to_ldm
