@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from latentgraph.engine.executor import Executor
 from latentgraph.nodes import load_registry, make_environment
 from latentgraph.nodes.sd.sd3 import save_sd3_single_file
 from latentgraph.nodes.sd.sdxl import save_sdxl_single_file
+from PIL import Image
 
 from tests.nodes.sd.families_tiny import tiny_sd3, tiny_sdxl
 
@@ -72,4 +74,6 @@ def test_refiner_graph_hands_leftover_noise_over(executor: Executor) -> None:
     without = executor.run(workflow)
     out = executor.env.folders.output_dir
     files = [out / r.outputs["19"]["images"][0]["filename"] for r in (with_noise, without)]
-    assert files[0].read_bytes() != files[1].read_bytes()
+    # Pixels, not file bytes: the PNGs embed the (changed) workflow, so their bytes differ in any case.
+    pixels = [np.asarray(Image.open(f)) for f in files]
+    assert pixels[0].shape == pixels[1].shape and not np.array_equal(pixels[0], pixels[1])
