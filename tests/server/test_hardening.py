@@ -24,6 +24,7 @@ from latentgraph.engine.types import Image as ImageType
 from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, validate
 from latentgraph.engine.workflow_format import ConversionError, ui_to_api
 
+from tests.server import hostile
 from tests.server.helpers import SlowImage, ThreadedServer, image_prompt, make_registry, options_for, slow_prompt
 
 LIMIT = 64 * 1024
@@ -519,3 +520,55 @@ def test_the_first_prompt_after_start_neither_waits_nor_stalls_the_event_loop(tm
     assert figures["status"] in (200, 400)
     assert figures["first_prompt_answer_ms"] < 1000, figures
     assert figures["first_prompt_max_stall_ms"] < max(100.0, 10 * figures["idle_max_stall_ms"]), figures
+
+
+# ---------------------------------------------------------------- every body under 1 MB: answered in bounded CPU
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("hostile")
+    (base / "input").mkdir()
+    (base / "input" / "photo.png").write_bytes(_png((32, 16)))
+    with ThreadedServer(options_for(base, full=False)) as running:
+        yield running
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(hostile.KINDS), size=st.one_of(st.integers(1, 1024 * 1024 - 1),
+                                                            st.just(1024 * 1024 - 1)), seed=st.integers(0, 99))
+def test_any_body_under_1mb_is_answered_within_1s_of_cpu(shared_server, kind: str, size: int, seed: int) -> None:
+    """The whole process's CPU time (server, worker and this client) while one hostile request is answered."""
+    path, data, headers = hostile.body(kind, size, seed)
+    assert len(data) < 1024 * 1024
+    deadline = time.monotonic() + 60  # an accepted prompt from an earlier example runs first: its CPU is not ours
+    while json.loads(http(shared_server.url, "GET", "/prompt", pause_s=0)[1])["exec_info"]["queue_remaining"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    start = time.process_time()
+    status, answer = http(shared_server.url, "POST", path, data, headers=headers, pause_s=0)
+    used = time.process_time() - start
+    assert status < 500, (kind, size, answer[:300])
+    assert used < 1.0, (kind, size, used)
+
+
+@pytest.mark.parametrize("kind", ["cycle"])
+def test_the_costliest_1mb_bodies_stay_under_100mb_of_memory(shared_server, kind: str) -> None:
+    """Python memory allocated while the answer is made (tracemalloc peak), for the bodies that measured largest
+    (all kinds: `python -m tests.server.hostile --memory`)."""
+    import tracemalloc
+
+    path, data, headers = hostile.body(kind, 1024 * 1024 - 1)
+    deadline = time.monotonic() + 60
+    while json.loads(http(shared_server.url, "GET", "/prompt", pause_s=0)[1])["exec_info"]["queue_remaining"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    tracemalloc.start()
+    try:
+        status, _ = http(shared_server.url, "POST", path, data, headers=headers, pause_s=0, timeout=120)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status < 500
+    assert peak < 100 * 2**20, (kind, peak)
