@@ -19,6 +19,7 @@ from latentgraph.server.state import get_state
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+MAX_HISTORY_PAGE = 1000  # GET /history answers at most this many entries; page with max_items and offset
 
 # What each invalid /prompt field is answered with (the checks themselves are M.PromptRequest's).
 PROMPT_ERRORS = {
@@ -136,10 +137,9 @@ async def get_prompt(request: web.Request) -> web.Response:
 @operation("Running and pending prompts", response=M.QueueListing, errors=())
 async def get_queue(request: web.Request) -> web.Response:
     queue = get_state(request).queue
-    return web.json_response({
-        "queue_running": [item.as_list() for item in queue.items("running")],
-        "queue_pending": [item.as_list() for item in queue.items("pending")],
-    })
+    running, pending = await asyncio.to_thread(lambda: (queue.items("running"), queue.items("pending")))
+    return await json_answer({"queue_running": [item.as_list() for item in running],
+                              "queue_pending": [item.as_list() for item in pending]})
 
 
 @routes.post("/queue")
@@ -179,10 +179,14 @@ async def post_free(request: web.Request) -> web.Response:
 @routes.get("/history")
 @operation("Finished prompts, oldest first", response=M.History, query=M.HistoryQuery)
 async def get_history(request: web.Request) -> web.Response:
+    """A page of history, at most MAX_HISTORY_PAGE entries (the newest when no offset is given), read and encoded
+    in a thread: 600 large entries made 72 MB of JSON on the event loop."""
     max_items = query_int(request, "max_items", None, minimum=1)
     offset = query_int(request, "offset", None, minimum=-1)
-    history = get_state(request).queue.history(max_items, None if offset == -1 else offset)
-    return web.json_response(history)
+    page = MAX_HISTORY_PAGE if max_items is None else min(max_items, MAX_HISTORY_PAGE)
+    queue = get_state(request).queue
+    history = await asyncio.to_thread(queue.history, page, None if offset == -1 else offset)
+    return await json_answer(history)
 
 
 @routes.get("/history/{prompt_id}")

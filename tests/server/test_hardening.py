@@ -572,3 +572,27 @@ def test_the_costliest_1mb_bodies_stay_under_100mb_of_memory(shared_server, kind
         tracemalloc.stop()
     assert status < 500
     assert peak < 100 * 2**20, (kind, peak)
+
+
+# ---------------------------------------------------------------- 10. history is paged and capped
+
+
+def test_history_answers_at_most_a_page_and_pages_with_offset(base_dir: Path) -> None:
+    from latentgraph.server.queue import PromptQueue
+    from latentgraph.server.routes_queue import MAX_HISTORY_PAGE
+    options = options_for(base_dir, full=False)
+    queue = PromptQueue(options.database_path)  # filled before the server (and its worker) starts
+    total = MAX_HISTORY_PAGE + 5
+    for i in range(total):
+        queue.add(f"h{i:05}", {"1": {"class_type": "X", "inputs": {}}}, {}, [])
+        item = queue.claim_next()
+        assert item is not None
+        queue.finish(item.prompt_id, "success", True, [], {}, {}, None)
+    queue.close()
+    with ThreadedServer(options) as srv:
+        for query in ("/history", f"/history?max_items={10 * total}"):
+            page = json.loads(http(srv.url, "GET", query)[1])
+            assert len(page) == MAX_HISTORY_PAGE and list(page)[-1] == f"h{total - 1:05}", query
+            assert list(page)[0] == f"h{total - MAX_HISTORY_PAGE:05}"
+        page = json.loads(http(srv.url, "GET", f"/history?max_items=3&offset={total - 2}")[1])
+        assert list(page) == [f"h{total - 2:05}", f"h{total - 1:05}"]
