@@ -59,6 +59,11 @@ def test_arrays_images_and_objects_by_their_own_measures() -> None:
             return 12345
 
     assert estimate_bytes(Handle()) == 12345
+
+    class Sized(Handle):
+        width = 10  # an image has a width, but a width alone does not make an image
+
+    assert estimate_bytes(Sized()) == 12345
     assert estimate_bytes("abcd") == 4 and estimate_bytes(b"xyz") == 3
 
 
@@ -96,8 +101,10 @@ def test_hits_and_misses_are_counted() -> None:
     cache = Cache(budget=1 << 20)
     cache.put("k", (torch.zeros(1),), None)
     assert cache.get("k") is not None and cache.get("nope") is None and cache.get("k") is not None
-    assert (cache.hits, cache.misses) == (2, 1)
+    assert cache.get("other") is None
+    assert (cache.hits, cache.misses) == (2, 2)
     assert "k" in cache and "nope" not in cache
+    assert cache.stats() == {"entries": 1, "bytes": cache.bytes, "budget": 1 << 20, "hits": 2, "misses": 2}
 
 
 # --- LRU order and eviction --------------------------------------------------------------------------------------
@@ -281,6 +288,20 @@ def test_a_new_node_version_does_not_reuse_the_old_versions_results(tmp_path) ->
     assert upgraded.cached == ["s"] and upgraded.executed == ["m", "o"]
     executor.registry = registry_with(versioned(2, 1000))  # the same version again: a hit
     assert executor.run(scale_workflow()).cached == ["o"]
+
+
+def test_a_key_does_not_depend_on_the_order_constants_were_given_in() -> None:
+    assert cache_key("C", 1, {"a": 1, "b": {"x": 1, "y": 2}}, None, {}) == \
+        cache_key("C", 1, {"b": {"y": 2, "x": 1}, "a": 1}, None, {})
+
+
+def test_constants_that_json_cannot_write_still_key_by_value() -> None:
+    """Values JSON has no form for (paths, say) are keyed by their repr, not refused."""
+    from pathlib import PurePosixPath
+
+    first = cache_key("C", 1, {"file": PurePosixPath("a.png")}, None, {})
+    assert first == cache_key("C", 1, {"file": PurePosixPath("a.png")}, None, {})
+    assert first != cache_key("C", 1, {"file": PurePosixPath("b.png")}, None, {})
 
 
 def test_a_key_tells_apart_everything_it_is_made_of() -> None:
