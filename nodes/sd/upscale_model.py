@@ -45,7 +45,7 @@ NEEDS_TORCHVISION = ("LaMa", "RestoreFormer")
 # SwinIR files saved from a DataParallel wrapper: ComfyUI strips the "module." prefix when it sees this key.
 DATAPARALLEL_SWINIR_KEY = "module.layers.0.residual_group.blocks.0.norm1.weight"
 
-INSTALL_HINT = "upscale models need spandrel: pip install --no-deps spandrel einops"
+INSTALL_HINT = "upscale models need spandrel: pip install --no-deps spandrel==0.4.2"
 
 _SPANDREL: dict[str, Any] = {}
 
