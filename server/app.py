@@ -25,7 +25,7 @@ from latentgraph.server import (
 )
 from latentgraph.server.jsonio import json_errors
 from latentgraph.server.options import ServerOptions, is_loopback
-from latentgraph.server.queue import PromptQueue
+from latentgraph.server.queue import DatabaseCorrupt, PromptQueue
 from latentgraph.server.routes_insight import add_insight_routes
 from latentgraph.server.routes_logs import add_log_buffer
 from latentgraph.server.routes_static import add_static_routes
@@ -117,4 +117,9 @@ async def serve(options: ServerOptions, on_ready: Callable[[str], None] | None =
 
 
 def run(options: ServerOptions) -> None:
-    asyncio.run(serve(options))
+    """Serves until stopped; a damaged queue database ends it with the message saying how to recover (exit 1)."""
+    try:
+        asyncio.run(serve(options))
+    except DatabaseCorrupt as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

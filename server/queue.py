@@ -11,6 +11,8 @@ Queue order follows ComfyUI: by `number` ascending; `front: true` takes a negati
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -67,6 +69,25 @@ class StorageError(RuntimeError):
     space is back."""
 
 
+class DatabaseCorrupt(RuntimeError):
+    """The queue database cannot be opened as one: the message names the file and how to recover."""
+
+
+BACKUP_SUFFIX = ".backup"
+BACKUP_EVERY = 100  # finished prompts between rolling backups (and one at every start)
+log = logging.getLogger(__name__)
+
+
+def _corrupt(path: Path, problem: str) -> DatabaseCorrupt:
+    backup = path.with_name(path.name + BACKUP_SUFFIX)
+    restore = (f"restore the last backup with `cp {backup} {path}`, or " if backup.is_file() and
+               backup.stat().st_size > 0 else "")
+    return DatabaseCorrupt(
+        f"The queue and history database {path} is damaged ({problem}). To recover, stop the server, move the "
+        f"damaged file aside (`mv {path} {path}.damaged`), then {restore}start again: without a file, the "
+        "server starts with an empty history.")
+
+
 STORAGE_HINT = "free some disk space in the server's base directory; the server recovers by itself once there is"
 
 
@@ -117,19 +138,31 @@ class PromptQueue:
 
     def __init__(self, path: Path, history_limit: int = 10000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.history_limit = history_limit
         self._lock = threading.RLock()
         self._work = threading.Event()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        if "nodes" not in {row["name"] for row in self._db.execute("PRAGMA table_info(prompts)")}:
-            self._db.execute("ALTER TABLE prompts ADD COLUMN nodes TEXT")  # a database from before node reports
-        row = self._db.execute("SELECT MAX(ABS(number)) AS n, MAX(done_seq) AS s FROM prompts").fetchone()
+        if path.is_file() and path.stat().st_size == 0:
+            # SQLite would read an empty file as an empty database and history would silently be gone
+            raise _corrupt(path, "the file is empty (0 bytes), which no saved database ever is")
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            check = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+            if check != ["ok"]:
+                raise _corrupt(path, "integrity check: " + "; ".join(str(c) for c in check[:3]))
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            if "nodes" not in {row["name"] for row in self._db.execute("PRAGMA table_info(prompts)")}:
+                self._db.execute("ALTER TABLE prompts ADD COLUMN nodes TEXT")  # a database from before node reports
+            row = self._db.execute("SELECT MAX(ABS(number)) AS n, MAX(done_seq) AS s FROM prompts").fetchone()
+        except sqlite3.DatabaseError as exc:  # not a database, truncated, malformed
+            raise _corrupt(path, str(exc)) from exc
         self._counter = int(row["n"] or 0) + 1
         self._done_seq = int(row["s"] or 0)
+        self._finished_since_backup = 0
+        self.backup()
         # Results the database refused (disk full): the prompt is over and shown as failed from here, and the
         # record is written as soon as the database accepts writes again (see flush_unrecorded).
         self._unrecorded: dict[str, tuple[Any, ...]] = {}
@@ -138,6 +171,25 @@ class PromptQueue:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def backup(self) -> None:
+        """A consistent copy of the database beside it (`<name>.backup`), made with SQLite's online backup API
+        while the server runs; written under a temporary name and renamed, so a failed backup never replaces the
+        last good one. A failure is logged, never raised: the backup must not stop the queue."""
+        target = self.path.with_name(self.path.name + BACKUP_SUFFIX)
+        temporary = target.with_name(target.name + ".tmp")
+        try:
+            with self._lock:
+                copy = sqlite3.connect(temporary)
+                try:
+                    self._db.backup(copy)
+                finally:
+                    copy.close()
+            os.replace(temporary, target)
+            self._finished_since_backup = 0
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("the queue database could not be backed up to %s: %s", target, exc)
+            temporary.unlink(missing_ok=True)
 
     def _recover_crashed(self) -> list[str]:
         """Prompts left `running` by a dead process go to history as failed, with the reason."""
@@ -215,6 +267,9 @@ class PromptQueue:
         with self._lock:
             try:
                 self._finish_locked(prompt_id, status_str, completed, messages, outputs, meta, error)
+                self._finished_since_backup += 1
+                if self._finished_since_backup >= BACKUP_EVERY:
+                    self.backup()
             except sqlite3.Error as exc:
                 reason = (f"The prompt ran, but its result could not be stored ({exc}); {STORAGE_HINT}. Its "
                           "outputs, if any were saved, are listed; the prompt counts as failed.")

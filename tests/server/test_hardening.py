@@ -596,3 +596,66 @@ def test_history_answers_at_most_a_page_and_pages_with_offset(base_dir: Path) ->
             assert list(page)[0] == f"h{total - MAX_HISTORY_PAGE:05}"
         page = json.loads(http(srv.url, "GET", f"/history?max_items=3&offset={total - 2}")[1])
         assert list(page) == [f"h{total - 2:05}", f"h{total - 1:05}"]
+
+
+# ---------------------------------------------------------------- 9. a damaged database is named, with a way back
+
+
+def _history_database(path: Path, prompts: int) -> None:
+    from latentgraph.server.queue import PromptQueue
+    queue = PromptQueue(path)
+    for i in range(prompts):
+        queue.add(f"d{i:04}", {"1": {"class_type": "X", "inputs": {"pad": "p" * 200}}}, {}, [])
+        item = queue.claim_next()
+        assert item is not None
+        queue.finish(item.prompt_id, "success", True, [], {"1": {"images": [{"filename": f"{i}.png"}]}}, {}, None)
+    queue.close()
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"this is not a database at all\n" * 200)
+    elif how == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 3]))
+    elif how == "index":
+        db = sqlite3.connect(path)
+        root, page_size = (db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'prompts_done_seq'")
+                           .fetchone()[0], db.execute("PRAGMA page_size").fetchone()[0])
+        db.close()
+        start = (root - 1) * page_size
+        data[start + 8: start + page_size] = bytes(range(256)) * ((page_size - 8) // 256) + b"\0" * (
+            (page_size - 8) % 256)
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage", "truncated", "index"])
+def test_a_damaged_database_is_named_with_how_to_recover_and_the_backup_restores(tmp_path: Path, how: str) -> None:
+    from latentgraph.server.queue import DatabaseCorrupt, PromptQueue
+    path = tmp_path / "latentgraph.sqlite3"
+    _history_database(path, 150)
+    backup = tmp_path / "latentgraph.sqlite3.backup"
+    assert backup.is_file()
+    _damage(path, how)
+    with pytest.raises(DatabaseCorrupt) as refused:
+        PromptQueue(path)
+    message = str(refused.value)
+    assert str(path) in message and f"cp {backup} {path}" in message and "mv " in message
+    path.write_bytes(backup.read_bytes())  # the recovery the message describes
+    restored = PromptQueue(path)
+    history = restored.history()
+    assert len(history) >= 100 and "d0000" in history  # backups at start and every 100 finished prompts
+    restored.close()
+
+
+def test_serve_on_a_damaged_database_exits_1_naming_the_file_without_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    (tmp_path / "latentgraph.sqlite3").write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", "latentgraph.cli", "serve", "--base-dir", str(tmp_path),
+                           "--port", "0"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert str(tmp_path / "latentgraph.sqlite3") in done.stderr and "Traceback" not in done.stderr
