@@ -280,7 +280,7 @@ def draw(model: _HookedModel, text_encoder: torch.nn.Module, tokenizer: Any, vae
         out = sample(model, seed=seed + index, steps=steps, cfg=cfg, sampler_name="euler", scheduler_name="normal",
                      positive=[[encode_prompt(caption, text_encoder, tokenizer), {}]], negative=negative,
                      latent=latent)
-        images.append(_to_uint8(vae.decode(out["samples"] / model.latent_scale).sample)[0])
+        images.append(_to_uint8(vae.decode(out["samples"]).sample)[0])  # the loop returns unscaled VAE latents
     return images
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from latentgraph.nodes.sd.loader_nodes import DEFAULT_CHECKPOINT
 from latentgraph.training.dataset import POSITIONS, SHAPES, SIZES, Scene, write_folder
+from latentgraph.training.evaluate import Settings, generate, load_workflow, make_executor
 from latentgraph.training.lora import DatasetError, LoraConfig, scan_dataset
 from PIL import Image
 from safetensors import safe_open
 
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "lora.json"
 PALETTE = {"cyan": (0, 200, 210)}
 
 
@@ -84,6 +87,13 @@ def test_cli_trains_into_the_loras_folder_with_previews(tmp_path: Path, capsys: 
         tile = 64 * 2 + 2  # 64-pixel images shown twice as large, 2-pixel gaps
         # columns: the two captions; rows: the training images, then samples after steps 2 and 4
         assert ((sheet.size[0] - 2) // tile, (sheet.size[1] - 2) // tile) == (2, 3)
+        last = np.asarray(sheet.convert("RGB"))[2 + 2 * tile:2 + 2 * tile + 128:2, 2:2 + 128:2]
+    # the last preview row is what the LoRA workflow draws with the saved file (same loop, seed and settings)
+    caption = scan_dataset(tmp_path / "cyan")[0].caption
+    executor = make_executor(tmp_path / "base")
+    [drawn] = generate(executor, load_workflow(WORKFLOW), [caption], Settings(steps=20, cfg=7.0, seed=0),
+                       lora=("cyan.safetensors", 1.0))
+    assert np.abs(drawn.astype(int) - last.astype(int)).max() <= 2
     assert "cyan-preview.png" in capsys.readouterr().out
     env = make_environment(tmp_path / "base")
     info = load_registry(plugins=False).object_info(env)
