@@ -315,3 +315,36 @@ def test_a_key_tells_apart_everything_it_is_made_of() -> None:
               cache_key("C", 1, {"k": 1}, "fp", {"a": ("q", 0), "b": ("p", 0)}),
               cache_key("C", 1, {"k": 1}, "fp", {"a": ("p", 0)})]
     assert len({base, *others}) == len(others) + 1
+
+
+class Double(Node):
+    RETURN_TYPES = ("NUMBER",)
+    a: Number
+
+    def execute(self, ctx) -> tuple:
+        return (self.a * 2,)
+
+
+class Triple(Node):
+    """The same inputs, VERSION and parents as Double: only the class tells their results apart."""
+
+    RETURN_TYPES = ("NUMBER",)
+    a: Number
+
+    def execute(self, ctx) -> tuple:
+        return (self.a * 3,)
+
+
+def test_nodes_of_different_classes_with_the_same_inputs_do_not_share_results(tmp_path) -> None:
+    registry = cheap_registry()
+    registry.register(Double)
+    registry.register(Triple)
+    executor = Executor(registry, Environment(tmp_path))
+
+    def run(class_type: str) -> dict:
+        return executor.run({"s": {"class_type": "Source", "inputs": {"value": 5}},
+                             "m": {"class_type": class_type, "inputs": {"a": ["s", 0]}},
+                             "o": {"class_type": "Show", "inputs": {"value": ["m", 0]}}}).outputs["o"]
+
+    assert run("Double") == {"value": [10.0]}
+    assert run("Triple") == {"value": [15.0]}
