@@ -21,6 +21,7 @@ from latentgraph.engine.node import Hidden, Input, Node, NodeOutput
 from latentgraph.engine.types import Image
 from latentgraph.nodes import provenance
 from latentgraph.nodes.imageops import CropMethod, UpscaleMethod, pil_to_tensor, tensor_to_pil, upscale_images
+from latentgraph.nodes.pixel_budget import over_budget
 from PIL import Image as PILImage
 from PIL import ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
@@ -57,8 +58,21 @@ class LoadImage(Node):
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> str | None:
         return hashlib.sha256(_input_path(env, inputs["image"]).read_bytes()).hexdigest()
 
+    @classmethod
+    def check(cls, inputs: dict[str, Any], env: Environment) -> list[tuple[str, str]]:
+        """The pixel budget, from the file's header: a small file can decode to gigabytes."""
+        try:
+            problem = decoded_size_problem(_input_path(env, inputs["image"]))
+        except (OSError, ValueError):
+            return []  # a missing or unreadable file is reported when it is loaded
+        return [("image", problem)] if problem else []
+
     def execute(self, ctx: RunContext) -> tuple:
-        source = PILImage.open(_input_path(ctx.env, self.image))
+        path = _input_path(ctx.env, self.image)
+        problem = decoded_size_problem(path)
+        if problem:
+            raise ValueError(problem)
+        source = PILImage.open(path)
         images, masks = [], []
         for frame in ImageSequence.Iterator(source):
             frame = ImageOps.exif_transpose(frame)
@@ -71,6 +85,12 @@ class LoadImage(Node):
             else:
                 masks.append(torch.zeros(frame.size[1], frame.size[0]))
         return torch.stack(images), torch.stack(masks)
+
+
+def decoded_size_problem(path: Path) -> str | None:
+    """Whether decoding the image (all its frames) would exceed the pixel budget, read from its header only."""
+    with PILImage.open(path) as image:
+        return over_budget(image.width, image.height, getattr(image, "n_frames", 1), f"{path.name} decoded")
 
 
 def _next_counter(folder: Path, prefix: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from latentgraph.nodes.pixel_budget import over_budget
 from latentgraph.server import api_models as M
 from latentgraph.server.files import folder_root, safe_path, store_upload, verify_image
 from latentgraph.server.jsonio import ApiError, parse_json
@@ -40,6 +41,9 @@ def _converted(path: Any, preview: str | None, channel: str) -> tuple[bytes, str
         quality = int(q) if q.isdigit() and 1 <= int(q) <= 100 else 90
     pil_format, mime = PREVIEW_FORMATS[fmt]
     with Image.open(path) as image:
+        problem = over_budget(image.width, image.height, what="the image to convert")  # from the header
+        if problem:
+            raise ValueError(problem)
         if channel == "a":
             alpha = image.getchannel("A") if "A" in image.getbands() else Image.new("L", image.size, 255)
             image = Image.merge("RGBA", (Image.new("L", image.size, 0),) * 3 + (alpha,))

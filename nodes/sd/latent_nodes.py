@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from latentgraph.engine.context import RunContext
+from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Latent, Mask
 from latentgraph.nodes.imageops import upscale
+from latentgraph.nodes.pixel_budget import over_budget
 
 MAX_RESOLUTION = 16384
 LATENT_CHANNELS = 4
@@ -84,6 +85,12 @@ class EmptyLatentImage(Node):
     width: int = Input(512, ge=16, le=MAX_RESOLUTION, step=8, tooltip="The width of the images in pixels.")
     height: int = Input(512, ge=16, le=MAX_RESOLUTION, step=8, tooltip="The height of the images in pixels.")
     batch_size: int = Input(1, ge=1, le=4096, tooltip="The number of images in the batch.")
+
+    @classmethod
+    def check(cls, inputs: dict[str, Any], env: Environment) -> list[tuple[str, str]]:
+        """The pixel budget, before anything is allocated (the VAE decode of a huge latent takes the memory)."""
+        problem = over_budget(inputs["width"], inputs["height"], inputs["batch_size"], "the decoded batch")
+        return [("width", problem)] if problem else []
 
     def execute(self, ctx: RunContext) -> tuple:
         shape = (self.batch_size, LATENT_CHANNELS, self.height // 8, self.width // 8)

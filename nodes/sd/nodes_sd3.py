@@ -13,6 +13,7 @@ import torch
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Model
+from latentgraph.nodes.pixel_budget import over_budget
 from latentgraph.nodes.sd.checkpoint import file_identity
 from latentgraph.nodes.sd.families import diffusion_model, family
 from latentgraph.nodes.sd.parts import FlowModelHandle, MultiClipHandle, find_t5_tokenizer, part, text_file_role
@@ -58,6 +59,12 @@ class EmptySD3LatentImage(Node):
     width: int = Input(1024, ge=16, le=MAX_RESOLUTION, step=16)
     height: int = Input(1024, ge=16, le=MAX_RESOLUTION, step=16)
     batch_size: int = Input(1, ge=1, le=4096)
+
+    @classmethod
+    def check(cls, inputs: dict[str, Any], env: Environment) -> list[tuple[str, str]]:
+        """The pixel budget, before anything is allocated (the VAE decode of a huge latent takes the memory)."""
+        problem = over_budget(inputs["width"], inputs["height"], inputs["batch_size"], "the decoded batch")
+        return [("width", problem)] if problem else []
 
     def execute(self, ctx: RunContext) -> tuple:
         shape = [self.batch_size, SD3_LATENT_CHANNELS, self.height // 8, self.width // 8]

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node, NodeOutput
 from latentgraph.engine.types import Image as ImageType
+from latentgraph.engine.types import Latent as LatentType
 from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, validate
 from latentgraph.engine.workflow_format import ConversionError, ui_to_api
 
@@ -659,3 +660,83 @@ def test_serve_on_a_damaged_database_exits_1_naming_the_file_without_a_traceback
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 1, done.stderr[-2000:]
     assert str(tmp_path / "latentgraph.sqlite3") in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- 5. pixel budget: refused before allocating
+
+
+def _huge_png(width: int, height: int) -> bytes:
+    """A real, valid grey PNG of width x height, streamed row by row: it decodes to width*height bytes but is
+    tiny on disk (the shape of the 0.5 MB 13000x13000 PNG of the attack run)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (width + 1)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+class LatentSink(Node):
+    """An output that takes a latent, so that a workflow of EmptyLatentImage alone validates."""
+
+    CATEGORY = "testing"
+    OUTPUT_NODE = True
+
+    samples: LatentType
+
+    def execute(self, ctx: RunContext) -> NodeOutput:
+        return NodeOutput(ui={})
+
+
+def test_empty_latents_beyond_the_pixel_budget_fail_validation_naming_node_and_input() -> None:
+    from latentgraph.nodes.sd.latent_nodes import EmptyLatentImage
+    from latentgraph.nodes.sd.nodes_sd3 import EmptySD3LatentImage
+    registry = make_registry(full=False)
+    for cls in (EmptyLatentImage, EmptySD3LatentImage, LatentSink):
+        registry.register(cls)
+    for latent in ("EmptyLatentImage", "EmptySD3LatentImage"):
+        def prompt(width: int, height: int, batch: int, latent: str = latent) -> dict[str, Any]:
+            return {"1": {"class_type": latent, "inputs": {"width": width, "height": height, "batch_size": batch}},
+                    "2": {"class_type": "LatentSink", "inputs": {"samples": ["1", 0]}}}
+        result = validate(prompt(16384, 16384, 1), registry, Environment(Path(".")))
+        assert not result.ok
+        error = result.node_errors["1"]["errors"][0]
+        assert error["type"] == "custom_validation_failed" and error["extra_info"]["input_name"] == "width"
+        assert "268,435,456 pixels" in error["message"] and "LATENTGRAPH_MAX_PIXELS" in error["message"]
+        assert not validate(prompt(1024, 1024, 65), registry, Environment(Path("."))).ok
+        assert validate(prompt(1024, 1024, 64), registry, Environment(Path("."))).ok
+        assert validate(prompt(8192, 8192, 1), registry, Environment(Path("."))).ok
+
+
+def test_a_small_png_that_decodes_huge_is_refused_by_load_image_and_view(server, base_dir: Path) -> None:
+    data = _huge_png(13000, 13000)
+    assert len(data) < 600_000
+    (base_dir / "input" / "bomb.png").write_bytes(data)
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "bomb.png"}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    status, answer = http(server.url, "POST", "/prompt", json.dumps({"prompt": prompt}).encode())
+    assert status == 400, answer
+    error = json.loads(answer)["node_errors"]["1"]["errors"][0]
+    assert error["extra_info"]["input_name"] == "image" and "169,000,000 pixels" in error["message"]
+    for query in ("preview=webp;90", "preview=jpeg", "channel=a"):
+        status, answer = http(server.url, "GET", f"/view?filename=bomb.png&type=input&{query}")
+        assert status == 400 and b"169,000,000 pixels" in answer, (query, answer[:300])
+    status, _ = http(server.url, "GET", "/view?filename=bomb.png&type=input")  # the file itself, as stored
+    assert status == 200
+
+
+def test_an_animation_with_too_many_pixels_over_its_frames_is_refused(base_dir: Path, monkeypatch) -> None:
+    from latentgraph.nodes.image import decoded_size_problem
+    from PIL import Image
+    frames = [Image.new("L", (64, 64), i) for i in range(40)]
+    path = base_dir / "input" / "long.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    monkeypatch.setenv("LATENTGRAPH_MAX_PIXELS", str(64 * 64 * 39))
+    assert "40 x 64x64" in (decoded_size_problem(path) or "")
+    monkeypatch.setenv("LATENTGRAPH_MAX_PIXELS", str(64 * 64 * 40))
+    assert decoded_size_problem(path) is None
