@@ -18,7 +18,9 @@ from latentgraph.server import (
     routes_files,
     routes_i18n,
     routes_info,
+    routes_openai,
     routes_queue,
+    routes_sdapi,
     routes_settings,
     routes_userdata,
     routes_workflows,
@@ -63,7 +65,8 @@ def create_app(options: ServerOptions) -> web.Application:
                           client_max_size=options.max_json_bytes)
     app[STATE] = state
     for table in (routes_queue.routes, routes_files.routes, routes_info.routes, openapi.routes,
-                  routes_userdata.routes, routes_settings.routes, routes_i18n.routes, routes_workflows.routes):
+                  routes_userdata.routes, routes_settings.routes, routes_i18n.routes, routes_workflows.routes,
+                  routes_openai.routes, routes_sdapi.routes):
         add_api_routes(app, table)
     add_websocket_route(app)
     app.router.add_routes(routes_info.internal_routes)
