@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from latentgraph.nodes.sd.interrupt_hooks import interrupt_checks
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def run(request: SamplingRequest) -> dict[str, Any]:
     space = r.model.noise_space(r.sampler_name, r.scheduler_name)
     denoiser = r.model.denoiser()
     preview = _Previews(r.preview)
-    with r.model.use() as net:
+    with r.model.use() as used, interrupt_checks(used, r.check_interrupt) as net:  # stops within a step too
         device = net.device
         space.set_timesteps(total, device)
         order, timesteps = space.order, space.timesteps
