@@ -27,7 +27,8 @@ class Witness(Node):
     unique_id: str | None = Hidden("UNIQUE_ID")
 
     def execute(self, ctx) -> NodeOutput:
-        Witness.seen.append({"prompt": self.prompt, "extra_pnginfo": self.extra_pnginfo, "unique_id": self.unique_id})
+        Witness.seen.append({"prompt": self.prompt, "extra_pnginfo": self.extra_pnginfo, "unique_id": self.unique_id,
+                             "ctx": (ctx.node_id, ctx.prompt_id, ctx.prompt, ctx.extra_data)})
         return NodeOutput(ui={"value": [float(self.value[0])]})
 
 
@@ -50,6 +51,25 @@ def test_hidden_inputs_carry_the_prompt_the_png_info_and_the_node_id(tmp_path) -
     assert seen["extra_pnginfo"] == pnginfo
     assert seen["prompt"]["w7"] == {"class_type": "Witness", "inputs": {"value": ["s", 0]}}
     assert seen["prompt"]["s"]["inputs"]["value"] == 4
+    node_id, prompt_id, prompt, extra = seen["ctx"]  # the run context says the same
+    assert node_id == "w7" and prompt == seen["prompt"] and extra["client_id"] == "c" and prompt_id
+
+
+class TwoForOne(Node):
+    RETURN_TYPES = ("NUMBER",)
+
+    def execute(self, ctx) -> tuple:
+        return (1, 2)
+
+
+def test_a_node_returning_the_wrong_number_of_outputs_fails_its_run(tmp_path) -> None:
+    registry = cheap_registry()
+    registry.register(TwoForOne)
+    result = Executor(registry, Environment(tmp_path)).run({
+        "t": {"class_type": "TwoForOne", "inputs": {}},
+        "o": {"class_type": "Show", "inputs": {"value": ["t", 0]}}})
+    assert result.status == "error" and result.error["node_id"] == "t"
+    assert result.error["exception_message"] == "TwoForOne returned 2 outputs, declared 1"
 
 
 def test_event_payloads_of_a_run_and_of_its_cached_rerun(tmp_path) -> None:
