@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
+import secrets
 import uuid
 
 from aiohttp import WSMsgType, web
@@ -13,6 +15,7 @@ from latentgraph.server.state import get_state
 
 log = logging.getLogger(__name__)
 
+CLIENT_COOKIE = "latentgraph_client"
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_CLIENT_MESSAGE = 1024 * 1024
 
@@ -20,10 +23,21 @@ MAX_CLIENT_MESSAGE = 1024 * 1024
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     state = get_state(request)
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_CLIENT_MESSAGE)
+    # A client id is bound to the socket that holds it: while that socket is open, another socket asking for the
+    # same id gets a fresh one (sent in `status.sid`, which ComfyUI clients adopt) instead of taking its events
+    # over, unless it comes from the same browser (the cookie set on the first handshake), as a reconnect does.
+    secret = request.cookies.get(CLIENT_COOKIE) or secrets.token_urlsafe(18)
+    if CLIENT_COOKIE not in request.cookies:
+        ws.set_cookie(CLIENT_COOKIE, secret, httponly=True, samesite="Strict", path="/")
     await ws.prepare(request)
     requested = request.query.get("clientId", "")
     sid = requested if CLIENT_ID.match(requested) else uuid.uuid4().hex
+    holder = state.hub.clients.get(sid)
+    if holder is not None and not holder.ws.closed and not hmac.compare_digest(holder.secret, secret):
+        log.info("websocket client id %s is held by another open socket; the new socket gets a fresh id", sid)
+        sid = uuid.uuid4().hex
     client = state.hub.connect(sid, ws)
+    client.secret = secret
     try:
         state.hub.send("status", {"status": state.queue_status(), "sid": sid}, sid)
         running = state.worker.current

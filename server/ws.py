@@ -48,6 +48,7 @@ class Client:
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     feature_flags: dict[str, Any] | None = None
     sender: asyncio.Task | None = None
+    secret: str = ""  # the browser's binding cookie: who may take this client id over while it is connected
 
     @property
     def wants_previews(self) -> bool:

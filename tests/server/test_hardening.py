@@ -6,6 +6,7 @@ TCP writes, chunked, or just over a limit, the way the attack run sent them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -26,7 +27,16 @@ from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, validate
 from latentgraph.engine.workflow_format import ConversionError, ui_to_api
 
 from tests.server import hostile
-from tests.server.helpers import SlowImage, ThreadedServer, image_prompt, make_registry, options_for, slow_prompt
+from tests.server.helpers import (
+    SlowImage,
+    ThreadedServer,
+    finished,
+    image_prompt,
+    make_registry,
+    options_for,
+    receive_until,
+    slow_prompt,
+)
 
 LIMIT = 64 * 1024
 DATA = Path(__file__).parent / "data"
@@ -740,3 +750,39 @@ def test_an_animation_with_too_many_pixels_over_its_frames_is_refused(base_dir: 
     assert "40 x 64x64" in (decoded_size_problem(path) or "")
     monkeypatch.setenv("LATENTGRAPH_MAX_PIXELS", str(64 * 64 * 40))
     assert decoded_size_problem(path) is None
+
+
+# ---------------------------------------------------------------- 10. a client id is bound to its socket
+
+
+async def test_a_second_socket_cannot_take_over_a_connected_client_id(server) -> None:
+    import aiohttp
+    ws_url = server.url.replace("http", "ws") + "/ws?clientId=victim"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as owner_session, \
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as thief_session:  # IP cookies
+        owner = await owner_session.ws_connect(ws_url)
+        assert (await owner.receive_json(timeout=10))["data"]["sid"] == "victim"
+        thief = await thief_session.ws_connect(ws_url)
+        stolen = (await thief.receive_json(timeout=10))["data"]["sid"]
+        assert stolen != "victim"
+        body = json.dumps({"prompt": image_prompt(), "client_id": "victim"}).encode()
+        status, answer = http(server.url, "POST", "/prompt", body)
+        assert status == 200, answer
+        prompt_id = json.loads(answer)["prompt_id"]
+        seen = await receive_until(owner, finished({prompt_id}))
+        assert any(m.get("type") == "executed" for m in seen if isinstance(m, dict))
+        try:  # the other socket saw only the broadcasts (queue status), none of the prompt's events
+            while (message := await thief.receive(timeout=0.5)).type.name == "TEXT":
+                assert prompt_id not in message.data, message.data
+        except asyncio.TimeoutError:
+            pass
+        await thief.close()
+        # the owner's own browser (same cookie) reconnecting while the old socket looks open takes its id back
+        again = await owner_session.ws_connect(ws_url)
+        assert (await again.receive_json(timeout=10))["data"]["sid"] == "victim"
+        await again.close()
+        await owner.close()
+        # once nobody holds it, the id is free for anyone (a client reconnecting from a new session)
+        late = await thief_session.ws_connect(ws_url)
+        assert (await late.receive_json(timeout=10))["data"]["sid"] == "victim"
+        await late.close()
