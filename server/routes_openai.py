@@ -139,9 +139,22 @@ def _errors_as_params(exc: DoorError) -> DoorError:
     return DoorError(exc.status, exc.message, param, exc.code)
 
 
+def _resized(data: bytes, size: tuple[int, int] | None) -> bytes:
+    """The PNG at `size` (for a workflow that picks its own output size, as img2img's does)."""
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(data))
+    if size is None or picture.size == size:
+        return data
+    buffer = io.BytesIO()
+    picture.resize(size, Image.Resampling.LANCZOS).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 async def _run_all(request: web.Request, state: ServerState, chosen: Chosen, values: dict[str, Any],
-                   req: ImageGenerationRequest, door: str) -> web.Response:
-    """Queues `n` runs (seed, seed+1, ...) and answers with their images in OpenAI's shape."""
+                   req: ImageGenerationRequest, door: str, resize_to: tuple[int, int] | None = None) -> web.Response:
+    """Queues `n` runs (seed, seed+1, ...) and answers with their images in OpenAI's shape; `resize_to` scales
+    b64 answers of a workflow that has no size inputs to the requested size (a `url` names the file as made)."""
     seeded = "seed" in chosen.interface.inputs
     if req.seed is not None and not seeded:
         raise OpenAIError(400, f"model {chosen.version.name!r} has no input 'seed'", "seed", "unsupported_parameter")
@@ -167,6 +180,8 @@ async def _run_all(request: web.Request, state: ServerState, chosen: Chosen, val
                 data.append({"url": f"{base}/api/view?{urlencode(query)}", "revised_prompt": None})
             else:
                 raw = await asyncio.to_thread(doors.read_file, state, item)
+                if resize_to is not None:
+                    raw = await asyncio.to_thread(_resized, raw, resize_to)
                 data.append({"b64_json": doors.b64(raw), "revised_prompt": None})
     if not data:
         raise OpenAIError(500, f"model {chosen.version.name!r} produced no image", None, "no_image")
@@ -273,7 +288,7 @@ async def images_edits(request: web.Request) -> web.Response:
     except DoorError as exc:
         raise _door_error(exc) from exc
     values = {**_values(chosen, req, size, with_size=False), "image": name}
-    return await _run_all(request, state, chosen, values, req, "openai")
+    return await _run_all(request, state, chosen, values, req, "openai", size)
 
 
 def _models(state: ServerState) -> list[dict[str, Any]]:
