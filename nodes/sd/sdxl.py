@@ -51,10 +51,12 @@ BASE_CLIP_L = "conditioner.embedders.0.transformer."
 BASE_BIG_G = "conditioner.embedders.1.model."
 REFINER_BIG_G = "conditioner.embedders.0.model."
 HEAD_CHANNELS = 64
-TIME_IDS = {"sdxl": 6, "sdxl_refiner": 5}  # (h, w, crop_h, crop_w, target_h, target_w) / (h, w, crop_h, crop_w, score)
-COMPONENTS = {"sdxl": ("unet", "vae", "text_encoder", "text_encoder_2"),
-              "sdxl_refiner": ("unet", "vae", "text_encoder_2")}
-CONFIG_FAMILY = {"sdxl": "sdxl_base", "sdxl_refiner": "sdxl_refiner"}
+REFINER_TIME_IDS = 5  # (h, w, crop_h, crop_w, score); the base has 6: (h, w, crop_h, crop_w, target_h, target_w)
+BASE_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+REFINER_COMPONENTS = ("unet", "vae", "text_encoder_2")
+# the registered family names (nodes/sd/families/sdxl.py, sdxl_refiner.py) and their shipped config folders
+BASE_NAME, REFINER_NAME = "sdxl", "sdxl_refiner"
+BASE_CONFIGS, REFINER_CONFIGS = "sdxl_base", "sdxl_refiner"
 _ADD_EMBEDDING = {"add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
 
 
@@ -98,48 +100,57 @@ def big_g_config(shapes: Shapes, base: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _family_from_shapes(shapes: Shapes, unet: dict[str, Any]) -> str:
+def _is_refiner(shapes: Shapes, unet: dict[str, Any]) -> bool:
+    """Whether an SDXL file is a refiner: by where its bigG sits, else by its UNet's time-id width."""
     if any(k.startswith(BASE_BIG_G) for k in shapes):
-        return "sdxl"
+        return False
     if any(k.startswith(REFINER_BIG_G) for k in shapes):
-        return "sdxl_refiner"
+        return True
     adm, context = unet["projection_class_embeddings_input_dim"], unet["cross_attention_dim"]
-    time_width = family_config("sdxl_base", "unet")["addition_time_embed_dim"]
-    return "sdxl_refiner" if adm - TIME_IDS["sdxl_refiner"] * time_width == context else "sdxl"
+    time_width = family_config(BASE_CONFIGS, "unet")["addition_time_embed_dim"]
+    return adm - REFINER_TIME_IDS * time_width == context
 
 
 def detect_sdxl(shapes: Shapes, metadata: Mapping[str, str] | None = None) -> tuple[str, dict[str, dict], set[int]]:
-    """(family, configs per component, up levels with attention) of an SDXL base or refiner file."""
+    """(family name, configs per component, up levels with attention) of an SDXL base or refiner file."""
+    refiner, configs, up_attention = read_sdxl(shapes, metadata)
+    return (REFINER_NAME if refiner else BASE_NAME), configs, up_attention
+
+
+def read_sdxl(shapes: Shapes, metadata: Mapping[str, str] | None = None) -> tuple[bool, dict[str, dict], set[int]]:
+    """(whether it is a refiner, configs per component, up levels with attention) of an SDXL file."""
     unet_shapes = strip_prefix(shapes, UNET_PREFIX)
     if "input_blocks.0.0.weight" not in unet_shapes:
         raise UnknownCheckpoint("SDXL text encoder weights found but no UNet (model.diffusion_model.*)")
-    unet, up_attention = xl_unet_config(unet_shapes, family_config("sdxl_base", "unet"))
-    family = _family_from_shapes(shapes, unet)
-    source = CONFIG_FAMILY[family]
+    unet, up_attention = xl_unet_config(unet_shapes, family_config(BASE_CONFIGS, "unet"))
+    refiner = _is_refiner(shapes, unet)
+    source = REFINER_CONFIGS if refiner else BASE_CONFIGS
     unet, up_attention = xl_unet_config(unet_shapes, family_config(source, "unet"))
     configs: dict[str, dict[str, Any]] = {"unet": unet, "scheduler": dict(family_config(source, "scheduler"))}
     vae_shapes = strip_prefix(shapes, VAE_PREFIX)
     if vae_shapes:
         configs["vae"] = vae_config(vae_shapes, family_config(source, "vae"))
-    big_g = BASE_BIG_G if family == "sdxl" else REFINER_BIG_G
+    big_g = REFINER_BIG_G if refiner else BASE_BIG_G
     if any(k.startswith(big_g) for k in shapes):
         configs["text_encoder_2"] = big_g_config(strip_prefix(shapes, big_g), family_config(source, "text_encoder_2"))
-    if family == "sdxl" and any(k.startswith(BASE_CLIP_L) for k in shapes):
+    if not refiner and any(k.startswith(BASE_CLIP_L) for k in shapes):
         configs["text_encoder"], _ = text_config(strip_prefix(shapes, BASE_CLIP_L),
                                                  family_config(source, "text_encoder"), "clip")
     if metadata and METADATA_KEY in metadata:
         for component, hints in json.loads(metadata[METADATA_KEY]).items():
             if component in configs:
                 configs[component].update(hints)
-    return family, configs, up_attention
+    return refiner, configs, up_attention
 
 
 def inspect_sdxl(path: Path, tensors: TensorFile) -> CheckpointInfo:
-    family, configs, up_attention = detect_sdxl(tensors.shapes, tensors.metadata)
-    missing = [c for c in COMPONENTS[family] if c not in configs]
+    refiner, configs, up_attention = read_sdxl(tensors.shapes, tensors.metadata)
+    family = REFINER_NAME if refiner else BASE_NAME
+    missing = [c for c in (REFINER_COMPONENTS if refiner else BASE_COMPONENTS) if c not in configs]
     return CheckpointInfo(path, "single", family, configs["scheduler"]["prediction_type"], configs,
                           identity=file_identity(path),
-                          extra={"tensors": tensors, "up_attention_levels": up_attention, "missing": missing})
+                          extra={"tensors": tensors, "up_attention_levels": up_attention, "missing": missing,
+                                 "big_g": REFINER_BIG_G if refiner else BASE_BIG_G})
 
 
 def build_text_encoder(config: Mapping[str, Any], projection: bool) -> CLIPTextModel | CLIPTextModelWithProjection:
@@ -167,7 +178,7 @@ def load_sdxl_component(info: CheckpointInfo, component: str, dtype: torch.dtype
     if component == "text_encoder":
         model = build_text_encoder(config, projection=False)
         return materialize(model, read_renamed(tensors, {k: BASE_CLIP_L + k for k in model.state_dict()}), dtype)
-    prefix = BASE_BIG_G if info.family == "sdxl" else REFINER_BIG_G
+    prefix = info.extra["big_g"]
     model = build_text_encoder(config, projection=True)
     keys = [k for k in tensors.shapes if k.startswith(prefix)]
     raw = {k[len(prefix):]: v for k, v in tensors.read(keys).items()}
@@ -221,13 +232,14 @@ def save_sdxl_single_file(unet: UNet2DConditionModel, vae: AutoencoderKL, text_e
     return path
 
 
-def sdxl_family_of_folder(path: Path) -> str | None:
-    """"sdxl" or "sdxl_refiner" for a diffusers SDXL folder (its UNet has text-time embeddings), else None."""
+def sdxl_folder_is_refiner(path: Path) -> bool | None:
+    """For a diffusers SDXL folder (its UNet has text-time embeddings): whether it is a refiner (no CLIP-L);
+    None when it is no SDXL folder."""
     unet = path / "unet" / "config.json"
     if not unet.is_file():
         return None
     config = json.loads(unet.read_text())
     if config.get("addition_embed_type") != "text_time":
         return None
-    return "sdxl" if (path / "text_encoder").is_dir() else "sdxl_refiner"
+    return not (path / "text_encoder").is_dir()
 

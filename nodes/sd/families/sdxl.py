@@ -17,7 +17,7 @@ from latentgraph.nodes.sd.family import BaseFamily, pooled_output
 from latentgraph.nodes.sd.handles import ModelHandle, VaeHandle
 from latentgraph.nodes.sd.multiclip import sdxl_conditioning
 from latentgraph.nodes.sd.parts import MultiClipHandle, folder_info, load_folder_component, part
-from latentgraph.nodes.sd.sdxl import inspect_sdxl, is_sdxl, load_sdxl_component, sdxl_family_of_folder
+from latentgraph.nodes.sd.sdxl import inspect_sdxl, is_sdxl, load_sdxl_component, sdxl_folder_is_refiner
 from latentgraph.nodes.sd.services import model_manager
 
 
@@ -25,6 +25,7 @@ class SDXL(BaseFamily):
     name = "sdxl"
     label = "SDXL base"
     priority = 20
+    refiner = False
     config_dir = CONFIG_DIR / "sdxl_base"
     roles: tuple[tuple[str, str], ...] = (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2"))
     text_roles = ("clip_l", "clip_g")
@@ -34,7 +35,7 @@ class SDXL(BaseFamily):
 
     def inspect(self, path: Path, tensors: TensorFile | None = None) -> CheckpointInfo | None:
         if path.is_dir():
-            if sdxl_family_of_folder(path) != self.name:
+            if sdxl_folder_is_refiner(path) is not self.refiner:
                 return None
             return folder_info(path, self.name, BASE.config("scheduler"))
         if tensors is None or not is_sdxl(tensors.shapes):

@@ -21,6 +21,7 @@ class SDXLRefiner(SDXL):
     name = "sdxl_refiner"
     label = "SDXL refiner"
     priority = 21
+    refiner = True
     config_dir = CONFIG_DIR / "sdxl_refiner"
     roles = (("clip_g", "text_encoder_2"),)
     text_roles = ("clip_g",)
