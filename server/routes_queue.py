@@ -19,6 +19,7 @@ from latentgraph.server.state import get_state
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+WARM_UP_WAIT_S = 120.0  # how long a prompt arriving during the start-up warm-up waits for it
 MAX_HISTORY_PAGE = 1000  # GET /history answers at most this many entries; page with max_items and offset
 
 # What each invalid /prompt field is answered with (the checks themselves are M.PromptRequest's).
@@ -90,9 +91,17 @@ async def post_prompt(request: web.Request) -> web.Response:
     targets = parsed.partial_execution_targets
 
     executor = state.executor
+
+    def validate_after_warm_up() -> Any:
+        # The start-up warm-up imports diffusers' lazy modules in its own thread; a validation importing them at the
+        # same time can see a half-initialised module ("no attribute 'EulerDiscreteScheduler'"). So a prompt that
+        # arrives during warm-up waits for it here, in a worker thread: the event loop never waits.
+        state.worker.warmed.wait(WARM_UP_WAIT_S)
+        return validate(prompt, executor.registry, executor.env, targets or None,
+                        time_budget_s=state.options.validation_budget_s)
+
     try:
-        validation = await asyncio.to_thread(validate, prompt, executor.registry, executor.env, targets or None,
-                                             time_budget_s=state.options.validation_budget_s)
+        validation = await asyncio.to_thread(validate_after_warm_up)
     except Exception as exc:  # a node's own check raised: report it as the prompt's fault, never as a 500
         log.info("validation raised for a queued prompt: %r", exc)
         raise _prompt_error("Invalid prompt", f"validation failed: {type(exc).__name__}: {exc}"[:1000]) from exc

@@ -141,3 +141,26 @@ def test_same_workflow_and_seed_give_byte_identical_pngs_across_processes(tmp_pa
         assert result.returncode == 0, result.stderr
         outputs.append(Path(result.stdout.strip()).read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_the_same_prompt_gives_the_same_png_bytes_after_a_server_restart(tmp_path: Path) -> None:
+    from tests.server.test_persistence import ServerProcess
+
+    prompt = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    prompt = {node_id: node for node_id, node in prompt.items() if not node["class_type"].startswith("Workflow")}
+    prompt["3"]["inputs"]["steps"] = 3
+    pngs = []
+    for _ in range(2):
+        server = ServerProcess(tmp_path, "-m", "latentgraph.cli", "serve", "--base-dir", str(tmp_path), "--port", "0",
+                               "--threads", "1")
+        try:
+            # Queued at once after start-up: the prompt must also survive arriving during the warm-up.
+            prompt_id = server.post("/prompt", {"prompt": prompt})["prompt_id"]
+            server.wait_until(lambda s=server, p=prompt_id: s.get(f"/history/{p}").get(p, {}).get("status", {})
+                              .get("completed"), timeout=240)
+            entry = server.get(f"/history/{prompt_id}")[prompt_id]
+            image = entry["outputs"]["9"]["images"][0]
+            pngs.append((tmp_path / "output" / image["subfolder"] / image["filename"]).read_bytes())
+        finally:
+            server.stop()
+    assert len(pngs) == 2 and pngs[0] == pngs[1]
