@@ -143,7 +143,7 @@ def _resized(data: bytes, size: tuple[int, int] | None) -> bytes:
     """The PNG at `size` (for a workflow that picks its own output size, as img2img's does)."""
     from PIL import Image
 
-    picture = Image.open(io.BytesIO(data))
+    picture: Image.Image = Image.open(io.BytesIO(data))
     if size is None or picture.size == size:
         return data
     buffer = io.BytesIO()
@@ -219,7 +219,7 @@ def _edit_image(image: bytes, mask: bytes | None, size: tuple[int, int] | None) 
     from PIL import Image
 
     try:
-        picture = Image.open(io.BytesIO(image))
+        picture: Image.Image = Image.open(io.BytesIO(image))
         picture.load()
     except Exception as exc:  # PIL raises many kinds for bad data
         raise OpenAIError(400, f"image is not a readable image ({type(exc).__name__})", "image",
