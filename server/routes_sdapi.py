@@ -8,7 +8,9 @@ with scheduler karras) -> sampler_name + scheduler, the checkpoint of `options`/
 init_images[0] (+ mask) -> image. A field is passed only when the workflow declares its input; the fields it
 does not declare are listed in `info` under `ignored_parameters` rather than dropped in silence (A1111 clients
 send every field on every call). `batch_size` x `n_iter` images are that many runs with seeds seed, seed+1, ...
-(A1111's all_seeds). Everything is queued on the server's one queue, so /queue, /history and the WebSocket see it.
+(A1111's all_seeds). `<lora:name:weight>` in the prompt is taken out of the text and applied as A1111 does,
+through the workflow mapped to `txt2img_lora` (its declared `lora` and `lora_strength` inputs; one LoRA). Everything
+is queued on the server's one queue, so /queue, /history and the WebSocket see it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import base64
 import binascii
 import json
 import random
+import re
 import time
 from typing import Any
 
@@ -32,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 routes = web.RouteTableDef()
 
 SEED_MAX = 2**32 - 1
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+))?>")
 MAX_IMAGES = 16
 OPTIONS_KEY = "sdapi_options"  # the door's A1111 options, kept on the server state object
 
@@ -151,6 +155,20 @@ def _masked_image(image: bytes, mask: bytes, invert: bool) -> bytes:
     return buffer.getvalue()
 
 
+def lora_tags(state: ServerState, prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """The prompt without its `<lora:name:weight>` tags, and the tags as (LoRA file, weight), as A1111 reads them
+    (weight 1 when left out); an unknown LoRA name is a 422."""
+    known = _choices(state, "LoraLoader", "lora_name")
+    found = []
+    for match in LORA_TAG.finditer(prompt):
+        name = match.group(1).strip()
+        file = next((k for k in known if name in (k, k.rsplit(".", 1)[0])), None)
+        if file is None:
+            raise _error(422, f"unknown LoRA {name!r} in the prompt; known: {', '.join(known)}")
+        found.append((file, float(match.group(2)) if match.group(2) else 1.0))
+    return LORA_TAG.sub("", prompt).strip(), found
+
+
 def _values(state: ServerState, chosen: Chosen, req: Txt2ImgRequest) -> tuple[dict[str, Any], list[str]]:
     """A1111's fields as declared inputs, and the names of the given fields the workflow has no input for."""
     declared = chosen.interface.inputs
@@ -173,6 +191,13 @@ def _values(state: ServerState, chosen: Chosen, req: Txt2ImgRequest) -> tuple[di
         wanted.append(("scheduler", "scheduler", _scheduler(req.scheduler)))
     if checkpoint and "checkpoint" in declared:
         wanted.append(("sd_model_checkpoint", "checkpoint", _checkpoint_name(state, checkpoint)))
+    if LORA_TAG.search(req.prompt):
+        prompt, tags = lora_tags(state, req.prompt)
+        if len(tags) > 1 or not {"lora", "lora_strength"} <= set(declared):
+            raise _error(422, f"workflow {chosen.version.name!r} applies {int('lora' in declared)} LoRA through "
+                              f"declared inputs; the prompt names {len(tags)}")
+        wanted[0] = ("prompt", "prompt", prompt)
+        wanted += [("lora", "lora", tags[0][0]), ("lora", "lora_strength", tags[0][1])]
     values, ignored = {}, []
     for field_name, input_name, value in wanted:
         if input_name in declared:
@@ -205,8 +230,9 @@ async def _generate(request: web.Request, model: type[Txt2ImgRequest], task: str
     body = await read_object(request, state.options.max_json_bytes, allow_empty=True)
     req = _parse(model, body)
     masked = isinstance(req, Img2ImgRequest) and bool(req.mask)
+    suffix = "_masked" if masked else "_lora" if LORA_TAG.search(req.prompt) else ""
     try:
-        chosen = await asyncio.to_thread(doors.choose, state, None, task + ("_masked" if masked else ""), "sdapi")
+        chosen = await asyncio.to_thread(doors.choose, state, None, task + suffix, "sdapi")
     except DoorError as exc:
         raise _error(exc.status, exc.message) from exc
     values, ignored = await asyncio.to_thread(_values, state, chosen, req)

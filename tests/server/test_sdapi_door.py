@@ -147,6 +147,32 @@ def test_a1111_sampler_labels_run_the_comfy_sampler_and_scheduler(server, declar
     assert status == 422 and "Nope 3000" in refused["detail"]
 
 
+def test_a_lora_tag_in_the_prompt_runs_the_lora_workflow_with_that_weight(server) -> None:
+    before = set(history_entries(server))
+    body = {"prompt": "a cyan star <lora:latentgraph-demo-style:0.6>", "seed": 4, "steps": STEPS, "width": 64,
+            "height": 64}
+    status, answer = call(server, "POST", "/sdapi/v1/txt2img", body)
+    assert status == 200, answer
+    [run] = runs_since(server, before)
+    bound = run["prompt"][2]
+    assert run["prompt"][3]["workflow_run"]["name"] == "lora" and bound["6"]["inputs"]["text"] == "a cyan star"
+    assert bound["10"]["inputs"] == {**bound["10"]["inputs"], "lora_name": "latentgraph-demo-style.safetensors",
+                                     "strength_model": 0.6, "strength_clip": 0.6}
+    lora = json.loads((TXT2IMG.parent / "lora.json").read_text())
+
+    def as_lora(prompt: dict) -> None:  # the lora workflow, edited by node id
+        prompt.clear()
+        prompt.update(lora)
+        prompt["3"]["inputs"].update(seed=4, steps=STEPS)
+        prompt["6"]["inputs"]["text"] = "a cyan star"
+        prompt["10"]["inputs"].update(strength_model=0.6, strength_clip=0.6)
+
+    reference = reference_by_prompt(server, 4, STEPS, "", edit=as_lora)
+    assert np.array_equal(b64_pixels(answer["images"][0]), reference)
+    status, refused = call(server, "POST", "/sdapi/v1/txt2img", {**body, "prompt": "x <lora:nope:1>"})
+    assert status == 422 and "nope" in refused["detail"]
+
+
 def test_img2img_with_denoise_and_with_a_mask(server) -> None:
     before = set(history_entries(server))
     init = base64.b64encode(png((32, 32), (30, 200, 30))).decode()
