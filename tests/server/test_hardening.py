@@ -96,7 +96,7 @@ def object_info() -> dict[str, Any]:
 
 @pytest.fixture
 def server(base_dir: Path):
-    with ThreadedServer(options_for(base_dir, full=False, max_json_bytes=LIMIT,
+    with ThreadedServer(options_for(base_dir, full=False, max_json_bytes=LIMIT, max_prompt_bytes=LIMIT,
                                     max_upload_bytes=UPLOAD_LIMIT)) as running:
         yield running
 
