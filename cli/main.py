@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "latentgraph.cli.serve",
     "latentgraph.cli.convert",
     "latentgraph.cli.train",
+    "latentgraph.cli.mcp_command",
 ]
 
 
