@@ -356,7 +356,7 @@ def test_malformed_editor_workflows_and_reroute_chains_get_400_from_prompt(serve
         status, answer = http(server.url, "POST", "/prompt", json.dumps({"prompt": workflow}).encode())
         assert status == 400, (workflow, answer)
         assert json.loads(answer)["error"]["type"] == "invalid_prompt"
-    status, answer = http(server.url, "POST", "/prompt", json.dumps({"prompt": _reroute_chain(1500)}).encode())
+    status, answer = http(server.url, "POST", "/prompt", json.dumps({"prompt": _reroute_chain(400)}).encode())
     assert status == 200, answer
 
 
