@@ -94,3 +94,44 @@ def test_bounds_and_literals_are_reported_as_comfyui_words_them(tmp_path) -> Non
     assert wrong["type"] == "invalid_input_type"
     assert wrong["message"] == "Failed to convert an input value to a INT value"
     assert wrong["details"].startswith("value, 'many', ")
+
+
+def test_a_prompt_that_is_not_a_workflow_is_invalid(tmp_path) -> None:
+    result = validate(["not", "a", "workflow"], registry(), Environment(tmp_path))
+    assert result.ok is False and result.error["type"] == "invalid_prompt"
+    assert result.error["message"] == "Invalid prompt" and result.error["details"]
+
+
+def test_requested_outputs_missing_from_the_workflow_are_named(tmp_path) -> None:
+    prompt = {"p": {"class_type": "Pick", "inputs": {"name": "item1.png"}}}
+    result = validate(prompt, registry(), Environment(tmp_path), outputs=["p", "ghost"])
+    assert result.ok is False and result.error["type"] == "invalid_prompt"
+    assert result.error["details"] == "requested outputs not in the workflow: ['ghost']"
+    assert validate(prompt, registry(), Environment(tmp_path), outputs=["p"]).ok is True
+
+
+class Slow(Node):
+    """A node whose own check is slow, as a check over thousands of nodes can be."""
+
+    OUTPUT_NODE = True
+    value: int = Input(0)
+
+    @classmethod
+    def check(cls, inputs: dict, env) -> list[tuple[str, str]]:
+        import time
+
+        time.sleep(0.02)
+        return []
+
+    def execute(self, ctx) -> tuple:
+        return ()
+
+
+def test_a_validation_over_its_time_budget_answers_validation_timeout(tmp_path) -> None:
+    reg = registry()
+    reg.register(Slow)
+    prompt = {f"n{i}": {"class_type": "Slow", "inputs": {}} for i in range(100)}
+    result = validate(prompt, reg, Environment(tmp_path), time_budget_s=0.1)
+    assert result.ok is False and result.error["type"] == "validation_timeout"
+    assert result.error["message"] == "Validation took too long" and "0.1 s" in result.error["details"]
+    assert validate(dict(list(prompt.items())[:2]), reg, Environment(tmp_path), time_budget_s=30).ok is True
