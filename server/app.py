@@ -26,6 +26,7 @@ from latentgraph.server import (
     routes_workflows,
 )
 from latentgraph.server.jsonio import json_errors
+from latentgraph.server.mcp_door import add_mcp_route
 from latentgraph.server.options import ServerOptions, is_loopback
 from latentgraph.server.queue import DatabaseCorrupt, PromptQueue
 from latentgraph.server.routes_insight import add_insight_routes
@@ -69,6 +70,7 @@ def create_app(options: ServerOptions) -> web.Application:
                   routes_openai.routes, routes_sdapi.routes):
         add_api_routes(app, table)
     add_websocket_route(app)
+    add_mcp_route(app, options)  # MCP over HTTP at /mcp when the mcp extra is installed
     app.router.add_routes(routes_info.internal_routes)
     add_template_routes(app)
     add_log_buffer(app)

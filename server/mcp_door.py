@@ -148,3 +148,88 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the HTTP transport, mounted on the server ------------------------------------------------------------------
+
+MCP_PATH = "/mcp"
+
+
+def add_mcp_route(app: Any, options: Any) -> bool:
+    """Mounts MCP's streamable HTTP transport at /mcp on the aiohttp app (stateless, JSON answers), behind the
+    server's own token, origin and host middleware; tool calls go to this same server over loopback HTTP. Returns
+    False (and mounts nothing) when the `mcp` extra is not installed."""
+    try:
+        import mcp.server.lowlevel  # noqa: F401
+    except ImportError:
+        return False
+    from aiohttp import web
+    from latentgraph.server.jsonio import read_body
+    from latentgraph.server.operations import operation
+    from latentgraph.server.routing import add_api_routes
+
+    backend = Backend("", options.token)
+    server = build_server(backend)
+    asgi = server.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True, json_response=True)
+
+    async def lifespan(app: web.Application) -> Any:
+        # The manager's anyio task group must be entered and left by one task; aiohttp may start and clean up the
+        # app in different tasks, so the manager lives in a task of its own.
+        started, stop = asyncio.Event(), asyncio.Event()
+
+        async def keep() -> None:
+            async with server.session_manager.run():
+                started.set()
+                await stop.wait()
+
+        task = asyncio.create_task(keep())
+        waiting = asyncio.create_task(started.wait())
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():  # the manager failed to start: say why instead of waiting forever
+            waiting.cancel()
+            task.result()
+        yield
+        stop.set()
+        await task
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not backend.url:  # the server's own address, known once it answers a request
+            backend.url = f"{request.scheme}://{request.host}"
+        body = await read_body(request, options.max_json_bytes)
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
+                 "scheme": request.scheme, "path": MCP_PATH, "raw_path": MCP_PATH.encode(), "root_path": "",
+                 "query_string": request.query_string.encode("latin-1"),
+                 "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()],
+                 "client": (request.remote or "", 0), "server": tuple(sockname[:2]) if sockname else None}
+        sent_body = False
+        answer: dict[str, Any] = {"status": 500, "headers": [], "body": bytearray()}
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)  # the client stays connected until the answer is complete
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"], answer["headers"] = message["status"], message.get("headers", [])
+            elif message["type"] == "http.response.body":
+                answer["body"] += message.get("body", b"")
+
+        await asgi(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in answer["headers"]
+                   if k.lower() not in (b"content-length", b"transfer-encoding")}
+        return web.Response(status=answer["status"], body=bytes(answer["body"]), headers=headers)
+
+    described = operation("MCP streamable HTTP transport (JSON-RPC): library workflows as tools", body=dict[str, Any],
+                          body_required=False, response=dict[str, Any], errors=(400, 404, 405, 406),
+                          tags=("mcp",))(handle)
+    routes = web.RouteTableDef()
+    for method in ("GET", "POST", "DELETE"):
+        routes.route(method, MCP_PATH)(described)
+    app.cleanup_ctx.append(lifespan)
+    add_api_routes(app, routes)
+    return True
