@@ -6,6 +6,7 @@ Errors use the shape of ComfyUI's prompt errors, `{"error": {"type", "message", 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 from typing import Any
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH = 64
 BODY_CHUNK = 64 * 1024
+FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # Bodies and answers larger than this are parsed or encoded in a thread: a few MB of JSON takes tens of
 # milliseconds, which every other client would otherwise wait for.
 OFF_LOOP_BYTES = 64 * 1024
@@ -153,7 +155,19 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
         return web.json_response({"error": {"type": f"http_{exc.status}", "message": exc.reason, "details": ""}},
                                  status=exc.status, headers=headers)
+    except OSError as exc:
+        if exc.errno not in FULL_DISK_ERRNOS:
+            log.exception("unhandled error answering %s %s", request.method, request.path)
+            return _internal_error()
+        log.error("storage full answering %s %s: %s", request.method, request.path, exc)
+        return web.json_response({"error": {"type": "insufficient_storage", "message": "The server cannot store this",
+                                            "details": f"{exc.strerror or exc}: free some disk space on the server; "
+                                                       "nothing was stored"}}, status=507)
     except Exception:
         log.exception("unhandled error answering %s %s", request.method, request.path)
-        return web.json_response({"error": {"type": "internal_error", "message": "Internal server error",
-                                            "details": "the error was logged on the server"}}, status=500)
+        return _internal_error()
+
+
+def _internal_error() -> web.Response:
+    return web.json_response({"error": {"type": "internal_error", "message": "Internal server error",
+                                        "details": "the error was logged on the server"}}, status=500)

@@ -36,9 +36,17 @@ def safe_user_path(root: Path, relative: str) -> Path:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
+    """A temporary file, then a rename: a reader never sees half a file, and a failed write (a full disk) leaves
+    the old file as it was and no temporary behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
-        handle.write(data)
+        try:
+            handle.write(data)
+            handle.flush()
+        except BaseException:
+            handle.close()
+            os.unlink(handle.name)
+            raise
     os.replace(handle.name, path)
 
 

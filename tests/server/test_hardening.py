@@ -787,3 +787,32 @@ async def test_a_second_socket_cannot_take_over_a_connected_client_id(server) ->
         late = await thief_session.ws_connect(ws_url)
         assert (await late.receive_json(timeout=10))["data"]["sid"] == "victim"
         await late.close()
+
+
+def test_a_full_disk_while_storing_user_files_or_uploads_is_507_and_leaves_nothing(server, base_dir: Path) -> None:
+    """A real failed write (the file-size limit, EFBIG, the same errno class as ENOSPC) in the server's thread."""
+    import io
+    import resource
+    import signal
+
+    import numpy as np
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 150, 3), dtype=np.uint8)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) > 60_000
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, hard))
+    try:
+        status, answer = http(server.url, "POST", "/userdata/big.bin", b"u" * 60_000)
+        assert status == 507 and json.loads(answer)["error"]["type"] == "insufficient_storage", answer
+        body, headers = _multipart("big.png", buffer.getvalue())
+        status, answer = http(server.url, "POST", "/upload/image", body, headers=headers)
+        assert status == 507, answer
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    user = base_dir / "user" / "default"
+    assert not (user / "big.bin").exists() and not [p for p in user.iterdir() if p.name.startswith(".tmp")]
+    assert sorted(p.name for p in (base_dir / "input").iterdir()) == ["photo.png"]
+    assert http(server.url, "POST", "/userdata/big.bin", b"u" * 60_000)[0] == 200  # space is back
