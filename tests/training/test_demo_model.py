@@ -8,7 +8,7 @@ from pathlib import Path
 from latentgraph.training.dataset import held_out_scenes
 from latentgraph.training.evaluate import Settings, generate, load_workflow, make_executor, score
 
-WORKFLOW = Path(__file__).resolve().parents[4] / "workflows" / "txt2img.json"
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "txt2img.json"
 
 
 def test_held_out_prompts_meet_colour_and_background_targets(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from latentgraph.training.export import write_diffusers_folder, write_single_fil
 from latentgraph.training.models import VAE_NORM_GROUPS
 from safetensors import safe_open
 
-WORKFLOW = Path(__file__).resolve().parents[4] / "workflows" / "txt2img.json"
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "txt2img.json"
 
 
 @pytest.fixture(scope="module")
