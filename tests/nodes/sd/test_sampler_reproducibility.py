@@ -21,7 +21,9 @@ from latentgraph.nodes.sd.samplers import SAMPLER_NAMES, supported_schedulers
 from tests.nodes.sd.conftest import TINY, with_checkpoint
 from tests.nodes.sd.sd_helpers import output_pixels, txt2img
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# diffusers' KDPM2 schedulers hand torch tensors to numpy, which warns thousands of times per run.
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")]
 
 # Samplers that draw fresh noise at each step; only these can tell one seed from another beyond the first noise.
 STOCHASTIC = {"euler_ancestral", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm"}
