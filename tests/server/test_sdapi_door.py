@@ -48,30 +48,9 @@ OPEN_WEBUI = {"prompt": "a red circle", "batch_size": 1, "width": 64, "height": 
               "cfg_scale": 7.0, "sampler_name": "DPM++ 2M", "scheduler": "Karras", "negative_prompt": ""}
 
 
-def declared_txt2img() -> dict:
-    """The shipped txt2img workflow with cfg, sampler and scheduler declared too: what the sampler mapping needs."""
-    prompt = json.loads(TXT2IMG.read_text())
-    for node_id, (name, target) in {"120": ("cfg", "3.cfg"), "121": ("sampler_name", "3.sampler_name"),
-                                    "122": ("scheduler", "3.scheduler")}.items():
-        prompt[node_id] = {"class_type": "WorkflowInput", "inputs": {"name": name, "target": target}}
-    return prompt
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
     yield from serve(Path(tmp_path_factory.mktemp("sdapi_door")))
-
-
-@pytest.fixture
-def declared_mapping(server: ThreadedServer) -> Iterator[None]:
-    """A user workflow declaring sampler inputs, and the user mapping file sending sdapi's txt2img to it."""
-    user = server.options.base_dir / "user" / "default"
-    (user / "workflows").mkdir(parents=True, exist_ok=True)
-    (user / "workflows" / "sd_full.json").write_text(json.dumps(declared_txt2img()))
-    mapping = user / "door_models.json"
-    mapping.write_text(json.dumps({"sdapi": {"txt2img": "sd_full"}}))
-    yield
-    mapping.unlink()
 
 
 def runs_since(server: ThreadedServer, before: set[str]) -> list[dict]:
@@ -91,8 +70,10 @@ def test_sillytavern_txt2img_answers_in_a1111_shape(server) -> None:
     info = json.loads(answer["info"])
     assert info["seed"] == 1234 and info["all_seeds"] == [1234] and info["prompt"] == SILLYTAVERN["prompt"]
     assert info["workflow"].startswith("txt2img@")
-    # the shipped txt2img declares no cfg/sampler/denoise input: those fields are reported, not silently dropped
-    assert {"cfg_scale", "sampler_name", "denoising_strength"} <= set(info["ignored_parameters"])
+    # txt2img declares cfg, sampler and scheduler inputs; it has no denoise input, so that field is reported, not
+    # silently dropped
+    assert "denoising_strength" in info["ignored_parameters"]
+    assert not {"cfg_scale", "sampler_name", "scheduler"} & set(info["ignored_parameters"])
     [run] = runs_since(server, before)
     bound = run["prompt"][2]
     assert bound["3"]["inputs"]["seed"] == 1234 and bound["3"]["inputs"]["steps"] == STEPS
@@ -123,7 +104,7 @@ def test_the_same_seed_through_every_door_and_prompt_gives_the_same_pixels(serve
     assert not np.array_equal(other, by_prompt)
 
 
-def test_a1111_sampler_labels_run_the_comfy_sampler_and_scheduler(server, declared_mapping) -> None:
+def test_a1111_sampler_labels_run_the_comfy_sampler_and_scheduler(server) -> None:
     before = set(history_entries(server))
     payload = {**OPEN_WEBUI, "sampler_name": "DPM++ 2M Karras", "scheduler": None, "seed": 9, "cfg_scale": 5.0}
     status, answer = call(server, "POST", "/sdapi/v1/txt2img", payload)
@@ -131,7 +112,7 @@ def test_a1111_sampler_labels_run_the_comfy_sampler_and_scheduler(server, declar
     [run] = runs_since(server, before)
     sampler = run["prompt"][2]["3"]["inputs"]
     assert (sampler["sampler_name"], sampler["scheduler"], sampler["cfg"]) == ("dpmpp_2m", "karras", 5.0)
-    assert run["prompt"][3]["workflow_run"]["name"] == "sd_full"
+    assert run["prompt"][3]["workflow_run"]["name"] == "txt2img"
     assert "sampler_name" not in json.loads(answer["info"])["ignored_parameters"]
 
     def dpmpp_karras(prompt: dict) -> None:
