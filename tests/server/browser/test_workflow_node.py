@@ -32,7 +32,7 @@ def test_a_saved_workflow_is_a_node_that_runs_in_the_editor(live_server: str, br
         return inner.widgets.map(w => w.name);
     }""")
     assert [w for w in widgets if w != "control_after_generate"] == [
-        "prompt", "negative", "seed", "steps", "width", "height", "checkpoint"]
+        "prompt", "negative", "seed", "steps", "width", "height", "checkpoint", "cfg", "sampler_name", "scheduler"]
     with page.expect_response(lambda r: "/view?" in r.url and "filename=as_node" in r.url,
                               timeout=RUN_TIMEOUT_MS) as shown:
         page.get_by_role("button", name="Run", exact=True).click()
