@@ -8,7 +8,7 @@ from diffusers import UNet2DConditionModel
 from latentgraph.engine.interrupt import Interrupted, InterruptToken
 from latentgraph.nodes.sd.interrupt_hooks import blocks, interrupt_checks
 from latentgraph.nodes.sd.loader_nodes import CheckpointLoaderSimple
-from latentgraph.nodes.sd.sampling import SamplingRequest, run
+from latentgraph.nodes.sd.sampling import BLOCK_CHECKS_MIN_AREA, SamplingRequest, run
 from latentgraph.nodes.sd.text_nodes import CLIPTextEncode
 
 from .conftest import TINY
@@ -54,9 +54,9 @@ def test_the_interrupt_stops_a_forward_between_blocks_and_the_hooks_go_away() ->
     assert len(ran) == every
 
 
-def test_sampling_stops_inside_the_first_denoiser_call(shared_executor) -> None:
-    """Before the hooks, the second check came at the start of step 2, after a whole denoiser call."""
-    ctx = run_context(shared_executor.env)
+def _forwards_before_a_stop_at_the_third_check(executor, latent_side: int) -> int:
+    """Denoiser calls that finished before a stop raised at the third interrupt check."""
+    ctx = run_context(executor.env)
     model, clip, _ = CheckpointLoaderSimple(ckpt_name=TINY).execute(ctx)
     cond = CLIPTextEncode(text="a red house", clip=clip).execute(ctx)[0]
     uncond = CLIPTextEncode(text="blurry", clip=clip).execute(ctx)[0]
@@ -72,9 +72,21 @@ def test_sampling_stops_inside_the_first_denoiser_call(shared_executor) -> None:
         handle = net.register_forward_hook(lambda m, a, o: finished.append(1))
     try:
         with pytest.raises(Interrupted):
-            run(SamplingRequest(model, positive=cond, negative=uncond, latent={"samples": torch.zeros(1, 4, 8, 8)},
+            run(SamplingRequest(model, positive=cond, negative=uncond,
+                                latent={"samples": torch.zeros(1, 4, latent_side, latent_side)},
                                 seed=1, steps=4, cfg=4.0, sampler_name="euler", scheduler_name="normal",
                                 check_interrupt=check))
     finally:
         handle.remove()
-    assert finished == []
+    return len(finished)
+
+
+def test_sampling_stops_inside_the_first_denoiser_call(shared_executor) -> None:
+    """Before the hooks, the second check came at the start of step 2, after a whole denoiser call."""
+    side = int(BLOCK_CHECKS_MIN_AREA ** 0.5)
+    assert _forwards_before_a_stop_at_the_third_check(shared_executor, side) == 0
+
+
+def test_small_latents_are_checked_between_steps_only(shared_executor) -> None:
+    """Below the threshold no block hooks run (their dispatch would cost more than a short step saves)."""
+    assert _forwards_before_a_stop_at_the_third_check(shared_executor, 8) == 2
