@@ -79,7 +79,8 @@ class HandWritten:
             latents = scheduler.step(uncond + cfg * (cond - uncond), t, latents).prev_sample
         sampled = time.perf_counter()
         image = self.vae.decode(latents / self.scale).sample
-        pixels = ((image[0].float().cpu().permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round()
+        # Truncated to 8 bits, as ComfyUI's SaveImage (and ours) quantise.
+        pixels = ((image[0].float().cpu().permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).floor()
         array = pixels.to(torch.uint8).numpy()
         Image.fromarray(array).save(out, compress_level=4)
         done = time.perf_counter()
