@@ -1,7 +1,7 @@
 """Saved workflows as typed functions: a library of named, versioned workflows with declared inputs and outputs.
 
 A workflow declares its interface with `WorkflowInput`, `WorkflowOutput` and `WorkflowInfo` nodes (see
-`latentgraph.nodes.workflow_io`). Those nodes point at widgets and output nodes by id or title instead of being
+`latentgraph.nodes.workflow_nodes`). Those nodes point at widgets and output nodes by id or title instead of being
 wired in, so a workflow with declarations runs exactly as it did without them; this module reads them and derives:
 
 - each input's type and constraints from the declaration of the node input it sets (`KSampler.seed` is an INT with

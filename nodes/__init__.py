@@ -18,13 +18,13 @@ from latentgraph.engine.registry import Registry
 log = logging.getLogger(__name__)
 
 BUILTIN_MODULES = [
-    "latentgraph.nodes.image",
-    "latentgraph.nodes.image_edit",
+    "latentgraph.nodes.image_nodes",
+    "latentgraph.nodes.image_edit_nodes",
     "latentgraph.nodes.mask_nodes",
-    "latentgraph.nodes.latent_ops",
+    "latentgraph.nodes.latent_op_nodes",
     "latentgraph.nodes.primitive_nodes",
     "latentgraph.nodes.animated_nodes",
-    "latentgraph.nodes.workflow_io",
+    "latentgraph.nodes.workflow_nodes",
     "latentgraph.nodes.sd.loader_nodes",
     "latentgraph.nodes.sd.text_nodes",
     "latentgraph.nodes.sd.conditioning_nodes",
@@ -32,12 +32,12 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.sd.latent_nodes",
     "latentgraph.nodes.sd.vae_nodes",
     "latentgraph.nodes.sd.image_nodes",
-    "latentgraph.nodes.sd.nodes_sdxl",
-    "latentgraph.nodes.sd.nodes_sd3",
-    "latentgraph.nodes.sd.upscale_model",
-    "latentgraph.training.nodes",
-    "latentgraph.nodes.sd.vae_tiled",
-    "latentgraph.nodes.sd.model_sampling",
+    "latentgraph.nodes.sd.sdxl_nodes",
+    "latentgraph.nodes.sd.sd3_nodes",
+    "latentgraph.nodes.sd.upscale_nodes",
+    "latentgraph.training.lora_nodes",
+    "latentgraph.nodes.sd.vae_tiled_nodes",
+    "latentgraph.nodes.sd.model_sampling_nodes",
 ]
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Image, Mask
-from latentgraph.nodes.image import _input_path, list_input_images
+from latentgraph.nodes.image_nodes import _input_path, list_input_images
 from PIL import Image as PILImage
 from PIL import ImageOps
 

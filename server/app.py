@@ -12,7 +12,7 @@ from aiohttp import web
 from latentgraph.engine.executor import DEFAULT_CACHE_BYTES, Executor
 from latentgraph.nodes import load_registry, make_environment
 from latentgraph.nodes.memory_probe import install_memory_probe
-from latentgraph.nodes.workflow_io import register_workflow_nodes
+from latentgraph.nodes.workflow_nodes import register_workflow_nodes
 from latentgraph.server import (
     openapi,
     routes_files,

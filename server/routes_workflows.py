@@ -43,7 +43,7 @@ from latentgraph.engine.library import (
     prepare,
 )
 from latentgraph.engine.workflow_format import ui_to_api
-from latentgraph.nodes.workflow_io import register_workflow_nodes
+from latentgraph.nodes.workflow_nodes import register_workflow_nodes
 from latentgraph.server.jsonio import ApiError, json_answer, read_object
 from latentgraph.server.queue import DuplicatePromptId, now_ms
 from latentgraph.server.state import ServerState, get_state

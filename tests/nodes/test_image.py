@@ -10,7 +10,7 @@ from latentgraph.engine.context import RunContext
 from latentgraph.engine.executor import Executor
 from latentgraph.engine.interrupt import InterruptToken
 from latentgraph.nodes import load_registry, make_environment
-from latentgraph.nodes.image import LoadImage
+from latentgraph.nodes.image_nodes import LoadImage
 from PIL import Image
 
 

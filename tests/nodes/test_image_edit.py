@@ -8,7 +8,7 @@ import pytest
 import torch
 from latentgraph.engine.executor import Executor
 from latentgraph.nodes import load_registry, make_environment
-from latentgraph.nodes.image_edit import (
+from latentgraph.nodes.image_edit_nodes import (
     EmptyImage,
     ImageBlend,
     ImageBlur,
@@ -150,7 +150,7 @@ def test_outpaint_workflow_runs_through_the_executor(tmp_path):
 
 
 def test_repeat_and_from_batch():
-    from latentgraph.nodes.image_edit import ImageFromBatch, RepeatImageBatch
+    from latentgraph.nodes.image_edit_nodes import ImageFromBatch, RepeatImageBatch
 
     image = rand_image(b=3, seed=7)
     (repeated,) = run(RepeatImageBatch(image=image, amount=2))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from latentgraph.engine.executor import Executor
 from latentgraph.nodes import load_registry, make_environment
-from latentgraph.nodes.latent_ops import (
+from latentgraph.nodes.latent_op_nodes import (
     LatentBatch,
     LatentBlend,
     LatentComposite,
@@ -170,7 +170,7 @@ def test_save_then_load_latent_round_trips_through_the_executor(tmp_path):
 
 
 def test_latent_arithmetic_interpolate_and_seed_behavior():
-    from latentgraph.nodes.latent_ops import (
+    from latentgraph.nodes.latent_op_nodes import (
         LatentAdd,
         LatentBatchSeedBehavior,
         LatentInterpolate,

@@ -12,7 +12,7 @@ import torch
 from latentgraph.engine.context import RunContext
 from latentgraph.engine.interrupt import InterruptToken
 from latentgraph.nodes import make_environment
-from latentgraph.nodes.image import SaveImage
+from latentgraph.nodes.image_nodes import SaveImage
 from latentgraph.nodes.imageops import pil_to_tensor, tensor_to_pil
 from PIL import Image
 

@@ -14,7 +14,7 @@ from latentgraph.engine.context import RunContext
 from latentgraph.engine.executor import Executor, RunResult
 from latentgraph.engine.node import Input, Node
 from latentgraph.nodes import load_registry, make_environment
-from latentgraph.nodes.workflow_io import register_workflow_nodes
+from latentgraph.nodes.workflow_nodes import register_workflow_nodes
 from PIL import Image
 
 TXT2IMG = Path(__file__).resolve().parents[2] / "workflows" / "txt2img.json"

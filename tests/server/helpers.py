@@ -13,8 +13,7 @@ from aiohttp import web
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.registry import Registry
-from latentgraph.nodes import image as image_nodes
-from latentgraph.nodes import load_registry
+from latentgraph.nodes import image_nodes, load_registry
 from latentgraph.server.app import create_app
 from latentgraph.server.options import ServerOptions
 from PIL import Image

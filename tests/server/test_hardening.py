@@ -497,7 +497,7 @@ def test_save_image_leaves_no_truncated_png_when_the_write_fails(tmp_path: Path)
     import signal
 
     import torch
-    from latentgraph.nodes.image import save_images
+    from latentgraph.nodes.image_nodes import save_images
     images = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(0))
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -706,7 +706,7 @@ class LatentSink(Node):
 
 def test_empty_latents_beyond_the_pixel_budget_fail_validation_naming_node_and_input() -> None:
     from latentgraph.nodes.sd.latent_nodes import EmptyLatentImage
-    from latentgraph.nodes.sd.nodes_sd3 import EmptySD3LatentImage
+    from latentgraph.nodes.sd.sd3_nodes import EmptySD3LatentImage
     registry = make_registry(full=False)
     for cls in (EmptyLatentImage, EmptySD3LatentImage, LatentSink):
         registry.register(cls)
@@ -742,7 +742,7 @@ def test_a_small_png_that_decodes_huge_is_refused_by_load_image_and_view(server,
 
 
 def test_an_animation_with_too_many_pixels_over_its_frames_is_refused(base_dir: Path, monkeypatch) -> None:
-    from latentgraph.nodes.image import decoded_size_problem
+    from latentgraph.nodes.image_nodes import decoded_size_problem
     from PIL import Image
     frames = [Image.new("L", (64, 64), i) for i in range(40)]
     path = base_dir / "input" / "long.gif"

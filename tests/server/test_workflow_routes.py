@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from latentgraph.nodes import workflow_io
+from latentgraph.nodes import workflow_nodes
 from latentgraph.server.state import STATE
 from openapi_spec_validator import validate as validate_openapi
 from PIL import Image
@@ -169,7 +169,7 @@ def cheap_server(tmp_path_factory: pytest.TempPathFactory):
     write_input_image(base)
     write_user_workflow(base, "scale", image_workflow())
     options = options_for(base, full=False)
-    for cls in (workflow_io.WorkflowInput, workflow_io.WorkflowOutput, workflow_io.WorkflowInfo):
+    for cls in (workflow_nodes.WorkflowInput, workflow_nodes.WorkflowOutput, workflow_nodes.WorkflowInfo):
         options.registry.register(cls)
     with ThreadedServer(options) as server:
         yield server

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from latentgraph.nodes import workflow_io
+from latentgraph.nodes import workflow_nodes
 
 from tests.server.helpers import ThreadedServer, options_for, write_input_image
 from tests.server.test_workflow_routes import write_user_workflow
@@ -37,7 +37,7 @@ def workflow_schema(tmp_path_factory: pytest.TempPathFactory):
     write_input_image(base)
     write_user_workflow(base, "cheap", CHEAP)
     options = options_for(base, full=False)
-    for cls in (workflow_io.WorkflowInput, workflow_io.WorkflowOutput, workflow_io.WorkflowInfo):
+    for cls in (workflow_nodes.WorkflowInput, workflow_nodes.WorkflowOutput, workflow_nodes.WorkflowInfo):
         options.registry.register(cls)
     with ThreadedServer(options) as server:
         with urllib.request.urlopen(server.url + "/openapi.json", timeout=30) as answer:

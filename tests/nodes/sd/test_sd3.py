@@ -14,15 +14,15 @@ from latentgraph.nodes.sd.detect import METADATA_KEY, UnknownCheckpoint, family_
 from latentgraph.nodes.sd.families import checkpoint_handles as family_handles
 from latentgraph.nodes.sd.families import inspect_checkpoint
 from latentgraph.nodes.sd.families import load_component as load_family_component
-from latentgraph.nodes.sd.nodes_sd3 import (
+from latentgraph.nodes.sd.sampling import sample
+from latentgraph.nodes.sd.sd3 import detect_sd3, save_sd3_single_file, transformer_to_sai
+from latentgraph.nodes.sd.sd3_nodes import (
     DualCLIPLoader,
     EmptySD3LatentImage,
     ModelSamplingSD3,
     TripleCLIPLoader,
     UNETLoader,
 )
-from latentgraph.nodes.sd.sampling import sample
-from latentgraph.nodes.sd.sd3 import detect_sd3, save_sd3_single_file, transformer_to_sai
 from latentgraph.nodes.sd.text_nodes import CLIPTextEncode
 from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 from safetensors.torch import save_file

@@ -18,9 +18,9 @@ from latentgraph.nodes.sd.detect import family_config
 from latentgraph.nodes.sd.families import checkpoint_handles as family_handles
 from latentgraph.nodes.sd.families import inspect_checkpoint
 from latentgraph.nodes.sd.families import load_component as load_family_component
-from latentgraph.nodes.sd.nodes_sdxl import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
 from latentgraph.nodes.sd.sampling import sample
 from latentgraph.nodes.sd.sdxl import big_g_to_open_clip, detect_sdxl, save_sdxl_single_file, xl_unet_key_to_ldm
+from latentgraph.nodes.sd.sdxl_nodes import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
 from latentgraph.nodes.sd.text_nodes import CLIPTextEncode
 from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

@@ -13,7 +13,7 @@ from latentgraph.engine.executor import Executor
 from latentgraph.engine.interrupt import Interrupted, InterruptToken
 from latentgraph.nodes import make_environment
 from latentgraph.nodes.sd.loader_nodes import CheckpointLoaderSimple
-from latentgraph.training.nodes import TrainLora
+from latentgraph.training.lora_nodes import TrainLora
 from PIL import Image
 
 from .conftest import TINY

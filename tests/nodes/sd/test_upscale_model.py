@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from latentgraph.engine.executor import Executor
 from latentgraph.nodes import load_registry, make_environment
-from latentgraph.nodes.sd.upscale_model import (
+from latentgraph.nodes.sd.upscale_nodes import (
     INSTALL_HINT,
     ImageUpscaleWithModel,
     UpscaleModelLoader,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from latentgraph.nodes.sd.loader_nodes import CheckpointLoaderSimple
 from latentgraph.nodes.sd.vae_nodes import VAEDecode, VAEEncode
-from latentgraph.nodes.sd.vae_tiled import VAEDecodeTiled, VAEEncodeTiled
+from latentgraph.nodes.sd.vae_tiled_nodes import VAEDecodeTiled, VAEEncodeTiled
 
 from tests.nodes.sd.conftest import TINY
 from tests.nodes.sd.sd_helpers import run_context

@@ -16,7 +16,7 @@ from latentgraph.engine.context import RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Image, Mask
 from latentgraph.nodes.imageops import UpscaleMethod, upscale, upscale_images
-from latentgraph.nodes.latent_ops import composite
+from latentgraph.nodes.latent_op_nodes import composite
 
 MAX_RESOLUTION = 16384
 BlendMode = Literal["normal", "multiply", "screen", "overlay", "soft_light", "difference"]
