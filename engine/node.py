@@ -204,7 +204,8 @@ def _input_spec(name: str, info: FieldInfo) -> InputSpec:
         if options.choices is not None:
             type_name = "COMBO"
         annotated = (info.annotation, *info.metadata)  # Annotated[...] needs the tuple form on Python 3.10
-        adapter = None if options.hidden else TypeAdapter(Annotated[annotated] if info.metadata else info.annotation)
+        target: Any = Annotated[annotated] if info.metadata else info.annotation  # pydantic's stubs vary by release
+        adapter = None if options.hidden else TypeAdapter(target)
     editor = dict(options.editor)
     for constraint in info.metadata:
         for attr, key in (("ge", "min"), ("le", "max")):
