@@ -76,18 +76,6 @@ class RssPeakProbe:
         return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._baseline) * 1024
 
 
-class NoProbe:
-    """For runtimes that do not measure memory."""
-
-    device = "cpu"
-
-    def start(self) -> None:
-        pass
-
-    def peak_bytes(self) -> int | None:
-        return None
-
-
 # -- what a node was computed from ---------------------------------------------------------------------------------
 
 @dataclass(slots=True)
