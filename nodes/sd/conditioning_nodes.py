@@ -1,23 +1,22 @@
-"""Conditioning nodes that rework encoded prompts: zeroing, concatenating, averaging, weighting.
+"""Conditioning nodes that rework encoded prompts: zeroing, concatenating, averaging, weighting, placing.
 
 CONDITIONING is ComfyUI's list of `[embeddings [1, T, D], options]` entries; options carry `pooled_output` (SDXL,
-SD3) and what nodes add. The sampler runs the model once per entry and averages the predictions weighted by each
-entry's `strength`, which is how ComfyUI combines conditionings without areas, so ConditioningSetAreaStrength is
-exact here. Names, inputs and arithmetic are ComfyUI's.
+SD3) and what nodes add. Without placement the sampler runs the model once per entry and averages the predictions
+weighted by each entry's `strength`. The placement nodes add ComfyUI's options, which the sampler (guided() in
+nodes/sd/sampling.py) honours as ComfyUI's calc_cond_batch does: `area` (height, width, y, x in latent pixels, or
+("percentage", h, w, y, x)) runs the model on that part of the latent with feathered inner edges, `mask` (with
+`mask_strength`, and `set_area_to_bounds` for "mask bounds") weights the output per pixel, and `start_percent` /
+`end_percent` switch the entry off outside that part of the schedule. Names, inputs and arithmetic are ComfyUI's.
 
 InpaintModelConditioning adds ComfyUI's `concat_latent_image` / `concat_mask` options, which only inpainting
 models (9-channel UNets) read; for the ordinary checkpoints the sampler takes, its effect is its latent: the
 image encoded, with the mask as noise mask, exactly as in ComfyUI.
-
-Not here: area, mask and timestep-range conditioning (ConditioningSetArea, ...SetAreaPercentage, ...SetMask,
-...SetTimestepRange) need the sampling loop to honour those options; until it does, they are not registered, so a
-workflow using them is refused at validation rather than run with the option silently ignored.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ from latentgraph.engine.types import Conditioning, Image, Mask, Vae
 from latentgraph.nodes.sd.vae_nodes import crop_to_multiple, encode
 
 log = logging.getLogger(__name__)
+MAX_RESOLUTION = 16384
 
 
 def set_values(conditioning: list, values: dict[str, Any]) -> list:
@@ -117,6 +117,80 @@ class ConditioningSetAreaStrength(Node):
 
     def execute(self, ctx: RunContext) -> tuple:
         return (set_values(self.conditioning, {"strength": self.strength}),)
+
+
+class ConditioningSetArea(Node):
+    """Restricts the conditioning to a rectangle of the image (in pixels, applied in 8-pixel latent cells): the
+    sampler runs the model on that area and blends it in with feathered edges."""
+
+    CATEGORY = "conditioning"
+    DISPLAY_NAME = "Conditioning (Set Area)"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning: Conditioning
+    width: int = Input(64, ge=64, le=MAX_RESOLUTION, step=8)
+    height: int = Input(64, ge=64, le=MAX_RESOLUTION, step=8)
+    x: int = Input(0, ge=0, le=MAX_RESOLUTION, step=8)
+    y: int = Input(0, ge=0, le=MAX_RESOLUTION, step=8)
+    strength: float = Input(1.0, ge=0.0, le=10.0, step=0.01)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        area = (self.height // 8, self.width // 8, self.y // 8, self.x // 8)
+        return (set_values(self.conditioning, {"area": area, "strength": self.strength,
+                                               "set_area_to_bounds": False}),)
+
+
+class ConditioningSetAreaPercentage(Node):
+    """Restricts the conditioning to a rectangle given as fractions of the image's size."""
+
+    CATEGORY = "conditioning"
+    DISPLAY_NAME = "Conditioning (Set Area with Percentage)"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning: Conditioning
+    width: float = Input(1.0, ge=0, le=1.0, step=0.01)
+    height: float = Input(1.0, ge=0, le=1.0, step=0.01)
+    x: float = Input(0, ge=0, le=1.0, step=0.01)
+    y: float = Input(0, ge=0, le=1.0, step=0.01)
+    strength: float = Input(1.0, ge=0.0, le=10.0, step=0.01)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        area = ("percentage", self.height, self.width, self.y, self.x)
+        return (set_values(self.conditioning, {"area": area, "strength": self.strength,
+                                               "set_area_to_bounds": False}),)
+
+
+class ConditioningSetMask(Node):
+    """Weights the conditioning per pixel by a mask (times strength); "mask bounds" also runs the model on the
+    mask's bounding box only."""
+
+    CATEGORY = "conditioning"
+    DISPLAY_NAME = "Conditioning (Set Mask)"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning: Conditioning
+    mask: Mask
+    strength: float = Input(1.0, ge=0.0, le=10.0, step=0.01)
+    set_cond_area: Literal["default", "mask bounds"] = Input("default")
+
+    def execute(self, ctx: RunContext) -> tuple:
+        mask = self.mask.unsqueeze(0) if self.mask.ndim < 3 else self.mask
+        return (set_values(self.conditioning, {"mask": mask, "set_area_to_bounds": self.set_cond_area != "default",
+                                               "mask_strength": self.strength}),)
+
+
+class ConditioningSetTimestepRange(Node):
+    """Makes the conditioning act only between two points of the schedule (0: the first step, 1: the end)."""
+
+    CATEGORY = "advanced/conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    conditioning: Conditioning
+    start: float = Input(0.0, ge=0.0, le=1.0, step=0.001)
+    end: float = Input(1.0, ge=0.0, le=1.0, step=0.001)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return (set_values(self.conditioning, {"start_percent": self.start, "end_percent": self.end}),)
 
 
 class InpaintModelConditioning(Node):

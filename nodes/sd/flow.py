@@ -77,6 +77,7 @@ class FlowSpace(NoiseSpace):
         super().__init__(make_flow_scheduler(sampler_name, scheduler_name, scheduler_config), latent_scale,
                          latent_shift)
         self.sigmas = torch.zeros(1)
+        self.flow_shift = float(scheduler_config.get("shift", 3.0))
 
     def set_timesteps(self, total: int, device: torch.device) -> None:
         super().set_timesteps(total, device)
@@ -104,3 +105,21 @@ class FlowSpace(NoiseSpace):
     def leftover_noise(self, noise: torch.Tensor, i: int) -> torch.Tensor:
         s = float(self.sigmas[i])
         return noise * s / (1 - s)
+
+    def call_sigma(self, i: int) -> float:
+        return float(self.sigmas[i])
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's ModelSamplingDiscreteFlow: the shifted time 1 - percent."""
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        t = 1.0 - percent
+        return self.flow_shift * t / (1 + (self.flow_shift - 1) * t)
+
+    def sigma_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return x
+
+    def output_for(self, x: torch.Tensor, x0: torch.Tensor, i: int) -> torch.Tensor:
+        return (x.float() - x0) / float(self.sigmas[i])

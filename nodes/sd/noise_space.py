@@ -83,6 +83,24 @@ class NoiseSpace:
         """The noise part of a leftover-noise latent at index `i` (model space), for unmasked areas."""
         raise NotImplementedError
 
+    # ComfyUI's view of a model call, for area/timestep-range conditioning and CFG functions (sampling.GuideStep)
+
+    def call_sigma(self, i: int) -> float:
+        """ComfyUI's sigma of the model call at index `i`."""
+        raise NotImplementedError
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's model_sampling.percent_to_sigma: the sigma a fraction of the schedule (0 start, 1 end) means."""
+        raise NotImplementedError
+
+    def sigma_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The loop's latent at index `i` as ComfyUI's sampler input (x0 + sigma * noise; flow: the flow latent)."""
+        raise NotImplementedError
+
+    def output_for(self, x: torch.Tensor, x0: torch.Tensor, i: int) -> torch.Tensor:
+        """The model output whose clean estimate at index `i` is `x0` (the inverse of `denoised`)."""
+        raise NotImplementedError
+
 
 def _step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
     params = inspect.signature(scheduler.step).parameters
@@ -147,12 +165,29 @@ class DiscreteSpace(NoiseSpace):
     def leftover_noise(self, noise: torch.Tensor, i: int) -> torch.Tensor:
         return noise * self.sigma(i)
 
+    def call_sigma(self, i: int) -> float:
+        return self.sigma(i)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        t = (1.0 - percent) * (len(self.log_sigmas) - 1)
+        return float(np.exp(np.interp(t, np.arange(len(self.log_sigmas)), self.log_sigmas)))
+
+    def sigma_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return self.to_sigma_space(x, i)
+
 
 class EpsSpace(DiscreteSpace):
     """The model predicts the noise (SD1.x, SD2.x base, SDXL)."""
 
     def denoised(self, x: torch.Tensor, output: torch.Tensor, i: int) -> torch.Tensor:
         return self.to_sigma_space(x, i) - output * self.sigma(i)
+
+    def output_for(self, x: torch.Tensor, x0: torch.Tensor, i: int) -> torch.Tensor:
+        return (self.to_sigma_space(x, i) - x0) / self.sigma(i)
 
 
 class VSpace(DiscreteSpace):
@@ -162,12 +197,19 @@ class VSpace(DiscreteSpace):
         sigma = self.sigma(i)
         return self.to_sigma_space(x, i) / (sigma**2 + 1) - output * sigma / (sigma**2 + 1) ** 0.5
 
+    def output_for(self, x: torch.Tensor, x0: torch.Tensor, i: int) -> torch.Tensor:
+        sigma = self.sigma(i)
+        return (self.to_sigma_space(x, i) / (sigma**2 + 1) - x0) * (sigma**2 + 1) ** 0.5 / sigma
+
 
 class SampleSpace(DiscreteSpace):
     """The model predicts the clean sample itself."""
 
     def denoised(self, x: torch.Tensor, output: torch.Tensor, i: int) -> torch.Tensor:
         return output
+
+    def output_for(self, x: torch.Tensor, x0: torch.Tensor, i: int) -> torch.Tensor:
+        return x0
 
 
 DISCRETE_SPACES: dict[str, type[DiscreteSpace]] = {"epsilon": EpsSpace, "v_prediction": VSpace,

@@ -100,6 +100,17 @@ COMFYUI = {
         "conditioning_to_strength": f(1.0, 0.0, 1.0, 0.01)}, {}),
     "ConditioningSetAreaStrength": ("conditioning", None, [COND], {
         "conditioning": COND, "strength": f(1.0, 0.0, 10.0, 0.01)}, {}),
+    "ConditioningSetArea": ("conditioning", "Conditioning (Set Area)", [COND], {
+        "conditioning": COND, "width": i(64, 64, R, 8), "height": i(64, 64, R, 8), "x": i(0, 0, R, 8),
+        "y": i(0, 0, R, 8), "strength": f(1.0, 0.0, 10.0, 0.01)}, {}),
+    "ConditioningSetAreaPercentage": ("conditioning", "Conditioning (Set Area with Percentage)", [COND], {
+        "conditioning": COND, "width": f(1.0, 0, 1.0, 0.01), "height": f(1.0, 0, 1.0, 0.01),
+        "x": f(0, 0, 1.0, 0.01), "y": f(0, 0, 1.0, 0.01), "strength": f(1.0, 0.0, 10.0, 0.01)}, {}),
+    "ConditioningSetMask": ("conditioning", "Conditioning (Set Mask)", [COND], {
+        "conditioning": COND, "mask": MASK, "strength": f(1.0, 0.0, 10.0, 0.01),
+        "set_cond_area": ["default", "mask bounds"]}, {}),
+    "ConditioningSetTimestepRange": ("advanced/conditioning", None, [COND], {
+        "conditioning": COND, "start": f(0.0, 0.0, 1.0, 0.001), "end": f(1.0, 0.0, 1.0, 0.001)}, {}),
     "InpaintModelConditioning": ("conditioning/inpaint", None, [COND, COND, LATENT], {
         "positive": COND, "negative": COND, "vae": "VAE", "pixels": IMAGE, "mask": MASK,
         "noise_mask": b(True)}, {}),
