@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from latentgraph.nodes.sd.controlnet import controlled
 from latentgraph.nodes.sd.interrupt_hooks import interrupt_checks
 from PIL import Image
 
@@ -435,7 +436,8 @@ def run(request: SamplingRequest) -> dict[str, Any]:
     # Checks inside a denoiser call (before each block) only where one call is long: they cost the hook dispatch on
     # every block (6% of a step of a 64x64-pixel image on the demo model), and between steps is soon enough there.
     within_step = r.check_interrupt if samples_in.shape[-2] * samples_in.shape[-1] >= BLOCK_CHECKS_MIN_AREA else None
-    with r.model.use() as used, interrupt_checks(used, within_step) as net:
+    with r.model.use() as used, interrupt_checks(used, within_step) as net, \
+            controlled(denoiser, r.positive, r.negative, space) as denoiser:
         device = net.device
         space.set_timesteps(total, device)
         order, timesteps = space.order, space.timesteps
