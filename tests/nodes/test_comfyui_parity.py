@@ -111,6 +111,13 @@ COMFYUI = {
         "set_cond_area": ["default", "mask bounds"]}, {}),
     "ConditioningSetTimestepRange": ("advanced/conditioning", None, [COND], {
         "conditioning": COND, "start": f(0.0, 0.0, 1.0, 0.001), "end": f(1.0, 0.0, 1.0, 0.001)}, {}),
+    "FreeU": ("model_patches/unet", None, ["MODEL"], {
+        "model": "MODEL", "b1": f(1.1, 0.0, 10.0, 0.01), "b2": f(1.2, 0.0, 10.0, 0.01), "s1": f(0.9, 0.0, 10.0, 0.01),
+        "s2": f(0.2, 0.0, 10.0, 0.01)}, {}),
+    "FreeU_V2": ("model_patches/unet", None, ["MODEL"], {
+        "model": "MODEL", "b1": f(1.3, 0.0, 10.0, 0.01), "b2": f(1.4, 0.0, 10.0, 0.01), "s1": f(0.9, 0.0, 10.0, 0.01),
+        "s2": f(0.2, 0.0, 10.0, 0.01)}, {}),
+    "RescaleCFG": ("advanced/model", None, ["MODEL"], {"model": "MODEL", "multiplier": f(0.7, 0.0, 1.0, 0.01)}, {}),
     "InpaintModelConditioning": ("conditioning/inpaint", None, [COND, COND, LATENT], {
         "positive": COND, "negative": COND, "vae": "VAE", "pixels": IMAGE, "mask": MASK,
         "noise_mask": b(True)}, {}),
@@ -151,6 +158,19 @@ COMFYUI = {
         "samples": LATENT, "seed_behavior": ["random", "fixed"]}, {}),
     "ModelSamplingDiscrete": ("advanced/model", None, ["MODEL"], {
         "model": "MODEL", "sampling": ["eps", "v_prediction", "lcm", "x0", "img_to_img"], "zsnr": b(False)}, {}),
+    # nodes.py's ControlNet nodes and comfy_extras/nodes_canny.py
+    "ControlNetLoader": ("loaders", "Load ControlNet Model", ["CONTROL_NET"], {"control_net_name": []}, {}),
+    "DiffControlNetLoader": ("loaders", "Load ControlNet Model (diff)", ["CONTROL_NET"], {
+        "model": "MODEL", "control_net_name": []}, {}),
+    "ControlNetApply": ("conditioning/controlnet", "Apply ControlNet (OLD)", [COND], {
+        "conditioning": COND, "control_net": "CONTROL_NET", "image": IMAGE, "strength": f(1.0, 0.0, 10.0, 0.01)},
+        {}),
+    "ControlNetApplyAdvanced": ("conditioning/controlnet", "Apply ControlNet", [COND, COND], {
+        "positive": COND, "negative": COND, "control_net": "CONTROL_NET", "image": IMAGE,
+        "strength": f(1.0, 0.0, 10.0, 0.01), "start_percent": f(0.0, 0.0, 1.0, 0.001),
+        "end_percent": f(1.0, 0.0, 1.0, 0.001)}, {"vae": "VAE"}),
+    "Canny": ("image/preprocessors", None, [IMAGE], {
+        "image": IMAGE, "low_threshold": f(0.4, 0.01, 0.99, 0.01), "high_threshold": f(0.8, 0.01, 0.99, 0.01)}, {}),
     # display names of nodes that existed before, from ComfyUI's NODE_DISPLAY_NAME_MAPPINGS
     "SaveImage": ("image", "Save Image", [], {"images": IMAGE, "filename_prefix": None}, {}),
     "PreviewImage": ("image", "Preview Image", [], {"images": IMAGE}, {}),
