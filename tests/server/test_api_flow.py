@@ -89,15 +89,15 @@ async def test_invalid_prompt_is_refused_with_node_errors(client):
 
 
 async def test_pending_and_running_prompts_show_in_history_and_queue(client):
-    blocker = (await (await client.post("/prompt", json={"prompt": slow_prompt(steps=100000, delay_ms=2)})).json())
+    ws = await client.ws_connect("/ws?clientId=blocker")
+    blocker = (await (await client.post("/prompt", json={"prompt": slow_prompt(steps=100000, delay_ms=2),
+                                                          "client_id": "blocker"})).json())
     waiting = (await (await client.post("/prompt", json={"prompt": image_prompt("w")})).json())
     front = (await (await client.post("/prompt", json={"prompt": image_prompt("f"), "front": True})).json())
     assert front["number"] < 0
 
-    for _ in range(500):
-        queue = await (await client.get("/queue")).json()
-        if queue["queue_running"]:
-            break
+    await receive_until(ws, lambda ms: any(m["type"] == "progress" for m in ms))  # the blocker is running
+    queue = await (await client.get("/queue")).json()
     assert [item[1] for item in queue["queue_running"]] == [blocker["prompt_id"]]
     assert [item[1] for item in queue["queue_pending"]] == [front["prompt_id"], waiting["prompt_id"]]
     assert (await (await client.get("/prompt")).json()) == {"exec_info": {"queue_remaining": 3}}
@@ -119,17 +119,18 @@ async def test_pending_and_running_prompts_show_in_history_and_queue(client):
     assert (await client.post("/interrupt", json={"prompt_id": "not-running"})).status == 200
     assert (await (await client.get("/queue")).json())["queue_running"], "interrupting another id is a no-op"
     assert (await client.post("/interrupt")).status == 200
-    for _ in range(500):
-        if (await (await client.get("/prompt")).json())["exec_info"]["queue_remaining"] == 0:
-            break
+    await receive_until(ws, finished({blocker["prompt_id"]}))  # sent once its record is in history
+    assert (await (await client.get("/prompt")).json())["exec_info"]["queue_remaining"] == 0
     history = await (await client.get(f"/history/{blocker['prompt_id']}")).json()
     status = history[blocker["prompt_id"]]["status"]
-    assert status["status_str"] == "error" and status["messages"][-1][0] == "execution_interrupted"
+    assert status["status_str"] == "error" and status["completed"] is False
+    assert status["messages"][-1][0] == "execution_interrupted"
     assert (await client.post(f"/jobs/{blocker['prompt_id']}/cancel")).status == 409
     assert (await client.get("/jobs/nope")).status == 404
 
     assert (await client.post("/history", json={"delete": [blocker["prompt_id"]]})).status == 200
     assert await (await client.get(f"/history/{blocker['prompt_id']}")).json() == {}
+    await ws.close()
 
 
 async def test_history_paging_and_limit(aiohttp_client, base_dir):

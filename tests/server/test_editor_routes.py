@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 from latentgraph.server.routes_static import frontend_dir
 from latentgraph.server.routes_templates import WORKFLOWS_DIR, template_names
 
-from tests.server.helpers import image_prompt, receive_until
+from tests.server.helpers import finished, image_prompt, receive_until
 
 DATA = Path(__file__).parent / "data"
 
@@ -104,15 +103,10 @@ async def test_post_prompt_accepts_the_editor_format(client, base_dir: Path) -> 
     answer = await client.post("/api/prompt", json={"prompt": ui, "client_id": "ui-test"})
     assert answer.status == 200, await answer.text()
     prompt_id = (await answer.json())["prompt_id"]
-    await receive_until(ws, lambda msgs: any(isinstance(m, dict) and m.get("type") == "execution_success"
-                                             and m["data"]["prompt_id"] == prompt_id for m in msgs))
+    await receive_until(ws, finished({prompt_id}))  # the closing message comes once the record is in history
     await ws.close()
-    for _ in range(200):
-        history = (await (await client.get(f"/api/history/{prompt_id}")).json())[prompt_id]
-        if history["status"]["completed"]:
-            break
-        await asyncio.sleep(0.05)
-    assert history["status"]["status_str"] == "success"
+    history = (await (await client.get(f"/api/history/{prompt_id}")).json())[prompt_id]
+    assert history["status"]["status_str"] == "success" and history["status"]["completed"] is True
     assert history["prompt"][2]["3"]["inputs"]["images"] == ["2", 0]
     assert history["prompt"][3]["extra_pnginfo"]["workflow"] == ui
 

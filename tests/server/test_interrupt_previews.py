@@ -51,6 +51,19 @@ async def test_global_interrupt_and_cancel_running_job(client):
     assert any(m["type"] == "execution_interrupted" and m["data"]["prompt_id"] == second for m in messages)
     history = await (await client.get("/history")).json()
     assert {first, second} <= set(history)
+    # ComfyUI's record of an interrupted prompt (main.py's task_done after execution.py's interrupt handling):
+    # status_str "error", completed false, the run's messages ending in execution_interrupted with the node that
+    # stopped; nothing finished before it, so "executed" is empty and no output is recorded.
+    for prompt_id in (first, second):
+        record = history[prompt_id]
+        status = record["status"]
+        assert status["status_str"] == "error" and status["completed"] is False
+        assert [name for name, _ in status["messages"]][0] == "execution_start"
+        name, data = status["messages"][-1]
+        assert name == "execution_interrupted"
+        assert {k: data[k] for k in ("prompt_id", "node_id", "node_type", "executed")} == {
+            "prompt_id": prompt_id, "node_id": "1", "node_type": "SlowImage", "executed": []}
+        assert isinstance(data["timestamp"], int) and record["outputs"] == {}
     await ws.close()
 
 

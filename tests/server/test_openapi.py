@@ -3,7 +3,6 @@ it and nothing else, and real answers match the models they declare."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from latentgraph.server.routes_static import frontend_dir
 from openapi_spec_validator import validate as validate_openapi
 from pydantic import TypeAdapter
 
-from tests.server.helpers import image_prompt, options_for
+from tests.server.helpers import finished, image_prompt, options_for, receive_until
 
 # Served, but not part of the HTTP API (each for the reason given): everything else must be in the spec.
 NOT_API = {
@@ -108,12 +107,11 @@ def _declared(app: web.Application, method: str, path: str) -> Any:
 async def test_real_answers_match_their_declared_response_models(client, base_dir: Path) -> None:
     """Each answer is validated with the very model /openapi.json was generated from."""
     app = client.server.app
+    ws = await client.ws_connect("/ws?clientId=spec-test")
     queued = await client.post("/prompt", json={"prompt": image_prompt(), "client_id": "spec-test"})
     prompt_id = (await queued.json())["prompt_id"]
-    for _ in range(200):  # wait for it to finish so history and jobs have a finished entry
-        if (await (await client.get(f"/history/{prompt_id}")).json()):
-            break
-        await asyncio.sleep(0.05)
+    await receive_until(ws, finished({prompt_id}))  # history and jobs have a finished entry from here on
+    await ws.close()
     (base_dir / "user").mkdir(exist_ok=True)
     assert (await client.post("/userdata/a.json?full_info=true", data=b"{}")).status == 200
     checks = [("POST", "/prompt", queued), ("GET", "/prompt", None), ("GET", "/queue", None),
