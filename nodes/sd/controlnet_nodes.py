@@ -68,8 +68,9 @@ def _fingerprint(env: Environment, name: str) -> str | None:
         return None
 
 
-def _check_file(env: Environment, name: Any) -> list[tuple[str, str]]:
-    """Refuses, before anything runs, a file that is no ControlNet or a pickle without the opt-in."""
+def _check_file(env: Environment, name: Any, with_model: bool) -> list[tuple[str, str]]:
+    """Refuses, before anything runs, a file that is no ControlNet, a pickle without the opt-in, and a difference
+    ControlNet without the model it adds to."""
     if not isinstance(name, str):
         return []
     try:
@@ -77,9 +78,12 @@ def _check_file(env: Environment, name: Any) -> list[tuple[str, str]]:
     except FileNotFoundError:
         return []  # the choices check names the missing file
     try:
-        inspect_controlnet(path)
+        found = inspect_controlnet(path)
     except (NotAControlNet, UnsafeCheckpoint, OSError, ValueError) as error:
         return [("control_net_name", describe_file_error(path, error))]
+    if found.difference and not with_model:
+        return [("control_net_name", f"{path.name} is a difference ControlNet: load it with DiffControlNetLoader "
+                                     f"and the model it was made for")]
     return []
 
 
@@ -105,7 +109,7 @@ class ControlNetLoader(Node):
 
     @classmethod
     def check(cls, inputs: dict[str, Any], env: Environment) -> list[tuple[str, str]]:
-        return _check_file(env, inputs.get("control_net_name"))
+        return _check_file(env, inputs.get("control_net_name"), with_model=False)
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> str | None:
@@ -128,7 +132,7 @@ class DiffControlNetLoader(Node):
 
     @classmethod
     def check(cls, inputs: dict[str, Any], env: Environment) -> list[tuple[str, str]]:
-        return _check_file(env, inputs.get("control_net_name"))
+        return _check_file(env, inputs.get("control_net_name"), with_model=True)
 
     @classmethod
     def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> str | None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from latentgraph.engine.validate import validate
-from latentgraph.nodes import make_environment
+from latentgraph.nodes import load_registry, make_environment
 from latentgraph.nodes.sd.controlnet import load_controlnet, prepare_hint
 from latentgraph.nodes.sd.controlnet_nodes import (
     ControlNetApply,
@@ -51,12 +51,16 @@ def tiny_controlnet(unet: torch.nn.Module, seed: int) -> ControlNetModel:
 
 
 def ldm_state(controlnet: ControlNetModel) -> dict[str, torch.Tensor]:
-    """The ControlNet's weights under the original (lllyasviel) names, written here from the LDM UNet naming and
-    the cldm module layout (hint convolutions at 0, 2, 4, ..., zero convolutions, middle_block_out)."""
+    return ldm_state_of(controlnet.state_dict(), controlnet)
+
+
+def ldm_state_of(state: dict[str, torch.Tensor], controlnet: ControlNetModel) -> dict[str, torch.Tensor]:
+    """Weights of `controlnet`'s architecture under the original (lllyasviel) names, written here from the LDM UNet
+    naming and the cldm module layout (hint convolutions at 0, 2, 4, ..., zero convolutions, middle_block_out)."""
     layers = controlnet.config.layers_per_block
     hint_blocks = len(controlnet.controlnet_cond_embedding.blocks)
     out = {}
-    for key, value in controlnet.state_dict().items():
+    for key, value in state.items():
         if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(.+)", key):
             name = f"zero_convs.{m[1]}.0.{m[2]}"
         elif key.startswith("controlnet_mid_block."):
@@ -216,6 +220,25 @@ def test_diff_loader_loads_an_ordinary_controlnet_as_is(env, handles):
     assert net.base is None and net == load(env, "tiny_cn_diffusers.safetensors")
 
 
+def test_difference_controlnet_gets_the_model_weights_added(env, handles, tiny_parts, controlnets):
+    """A "diff" ControlNet stores its weights minus the UNet's where both have them (ComfyUI's `difference` key):
+    DiffControlNetLoader adds the model's weights back; ControlNetLoader refuses it at validation."""
+    unet = tiny_parts.unet.state_dict()
+    original = controlnets[0].state_dict()
+    names = ldm_state(controlnets[0])
+    plain = {k: original[k] - unet[k] if k in unet else original[k] for k in original}
+    diff = ldm_state_of(plain, controlnets[0])
+    diff["difference"] = torch.zeros(1)
+    assert diff.keys() - {"difference"} == names.keys()
+    save_file(diff, str(env.folders.folders("controlnet")[0] / "diff.safetensors"))
+    net = DiffControlNetLoader(model=handles[0], control_net_name="diff.safetensors").execute(run_context(env))[0]
+    with net.use() as loaded:
+        assert all(torch.allclose(v, original[k], atol=1e-6) for k, v in loaded.state_dict().items())
+    validation = validate({"1": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "diff.safetensors"}}},
+                          load_registry(plugins=False), env, outputs=["1"])
+    assert not validation.ok and "DiffControlNetLoader" in validation.summary()
+
+
 def test_hint_is_centre_cropped_and_resized_nearest_exact():
     image = torch.arange(2 * 3 * 40 * 80, dtype=torch.float32).reshape(2, 3, 40, 80)
     out = prepare_hint(image, 16, 16, 4)
@@ -238,3 +261,48 @@ def test_wrong_files_are_refused_at_validation(registry, tiny_file: Path, tmp_pa
         validation = validate(prompt, registry, env, outputs=["1"])
         text = validation.summary()
         assert not validation.ok and "input 'control_net_name'" in text and message in text, text
+
+
+@pytest.mark.slow  # about 10 s: the SDXL pipeline and ours, with two text encoders
+def test_sdxl_controlnet_equals_sdxl_controlnet_pipeline(registry, tmp_path: Path):
+    """An SDXL ControlNet (text-time embedding, two text encoders) on the tiny SDXL model, against
+    StableDiffusionXLControlNetPipeline; its diffusers-layout single file reads back the same weights."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLControlNetPipeline
+    from latentgraph.nodes.sd.detect import family_config
+    from latentgraph.nodes.sd.families import checkpoint_handles, inspect_checkpoint
+    from latentgraph.nodes.sd.sdxl import save_sdxl_single_file
+    from latentgraph.nodes.sd.text_nodes import CLIPTextEncode
+
+    from .families_tiny import tiny_sdxl
+
+    parts = tiny_sdxl()
+    path = save_sdxl_single_file(parts["unet"], parts["vae"], parts["text_encoder"], parts["text_encoder_2"],
+                                 tmp_path / "models" / "checkpoints" / "tiny_sdxl.safetensors")
+    controlnet = tiny_controlnet(parts["unet"], 3)
+    folder = tmp_path / "models" / "controlnet"
+    controlnet.save_pretrained(folder / "xl_folder", safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()}, str(folder / "xl.safetensors"))
+    env = make_environment(tmp_path)
+    ctx = run_context(env)
+    model, clip, _ = checkpoint_handles(inspect_checkpoint(path), env)
+    loaded = load_controlnet(folder / "xl.safetensors", torch.float32)
+    assert loaded.config.addition_embed_type == "text_time"
+    assert all(torch.equal(v, controlnet.state_dict()[k]) for k, v in loaded.state_dict().items())
+    image = hint(12)
+    positive, negative = ControlNetApplyAdvanced(
+        positive=CLIPTextEncode(text=PROMPT, clip=clip).execute(ctx)[0],
+        negative=CLIPTextEncode(text=NEGATIVE, clip=clip).execute(ctx)[0],
+        control_net=load(env, "xl_folder"), image=image, strength=0.8, start_percent=0.0, end_percent=1.0,
+    ).execute(ctx)
+    result = sample(model, seed=SEED, steps=STEPS, cfg=5.0, sampler_name="euler", scheduler_name="normal",
+                    positive=positive, negative=negative, latent={"samples": torch.zeros(1, 4, 8, 8)})["samples"]
+    scheduler = EulerDiscreteScheduler.from_config(dict(family_config("sdxl_base", "scheduler"),
+                                                        timestep_spacing="linspace"))
+    pipe = StableDiffusionXLControlNetPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+        tokenizer=load_clip_tokenizer(), tokenizer_2=load_clip_tokenizer("!"), unet=parts["unet"],
+        controlnet=controlnet, scheduler=scheduler)
+    reference = pipe(PROMPT, negative_prompt=NEGATIVE, image=image.movedim(-1, 1), num_inference_steps=STEPS,
+                     guidance_scale=5.0, height=64, width=64, controlnet_conditioning_scale=0.8,
+                     generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent").images
+    torch.testing.assert_close(result * model.latent_scale, reference, atol=1e-4, rtol=1e-4)
