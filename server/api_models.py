@@ -248,6 +248,31 @@ class SystemStats(Open):
     devices: list[DeviceInfo]
 
 
+class WorkerInfo(Open):
+    """One execution worker: the in-process thread, or a Ray actor under `serve --ray`."""
+
+    id: int
+    alive: bool
+    pid: int | None
+    restarts: int = Field(description="times Ray restarted this worker after it died or hung")
+    current_prompt: str | None
+    progress: dict[str, Any] | None
+    queue: int = Field(description="pending prompts waiting for this worker because it holds their models")
+    models: list[str] = Field(description="model files (paths) its model manager holds")
+    cache_bytes: int
+    cache_entries: int
+    prompts_done: int | None = Field(description="prompts this worker process ran (Ray workers only)")
+    threads: int | None
+    shared: dict[str, int] = Field(description="shared cache tier counts: object_hits, disk_hits, published")
+
+
+class Workers(Open):
+    backend: Literal["thread", "ray"]
+    ready: bool = Field(description="false while the Ray workers are starting")
+    error: str | None = Field(description="why the Ray workers could not start, if they could not")
+    workers: list[WorkerInfo]
+
+
 class Features(Open):
     supports_preview_metadata: bool
     max_upload_size: int

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from latentgraph.engine.executor import DEFAULT_CACHE_BYTES, Executor
@@ -23,6 +24,7 @@ from latentgraph.server import (
     routes_sdapi,
     routes_settings,
     routes_userdata,
+    routes_workers,
     routes_workflows,
 )
 from latentgraph.server.jsonio import json_errors
@@ -41,7 +43,24 @@ from latentgraph.server.timings import TimingStore, record_run
 from latentgraph.server.worker import Worker
 from latentgraph.server.ws import Hub
 
+if TYPE_CHECKING:
+    from latentgraph.server.dispatch import RayDispatcher
+
 log = logging.getLogger(__name__)
+
+
+def ray_dispatcher(options: ServerOptions, executor: Executor, queue: PromptQueue, hub: Hub) -> RayDispatcher:
+    """The Ray workers' dispatcher (`--ray`); imported here only, so a server without it never imports Ray."""
+    from latentgraph.server.dispatch import RayDispatcher
+    from latentgraph.server.ray_workers import WorkerConfig
+
+    assert options.ray is not None
+    config = WorkerConfig(base_dir=str(options.base_dir), threads=options.ray.threads_per_worker,
+                          cache_bytes=options.cache_bytes or DEFAULT_CACHE_BYTES, registry=options.registry,
+                          preview_interval_s=options.preview_interval_s, preview_max_size=options.preview_max_size,
+                          shared_bytes=options.ray.shared_cache_bytes)
+    return RayDispatcher(executor, queue, hub, lambda: broadcast_status(queue, hub), options.ray, config,
+                         preview_interval_s=options.preview_interval_s, preview_max_size=options.preview_max_size)
 
 
 def create_app(options: ServerOptions) -> web.Application:
@@ -55,8 +74,12 @@ def create_app(options: ServerOptions) -> web.Application:
     hub = Hub()
     timings = TimingStore(options.database_path)
     executor.listeners.append(record_run(queue, timings))
-    worker = Worker(executor, queue, hub, lambda: broadcast_status(queue, hub),
-                    preview_interval_s=options.preview_interval_s, preview_max_size=options.preview_max_size)
+    worker: Worker | RayDispatcher
+    if options.ray is None:
+        worker = Worker(executor, queue, hub, lambda: broadcast_status(queue, hub),
+                        preview_interval_s=options.preview_interval_s, preview_max_size=options.preview_max_size)
+    else:
+        worker = ray_dispatcher(options, executor, queue, hub)
     state = ServerState(options, executor, queue, hub, worker)
     if queue.recovered:
         log.warning("%d prompt(s) were running when the server last stopped; they are in history as failed: %s",
@@ -67,7 +90,7 @@ def create_app(options: ServerOptions) -> web.Application:
     app[STATE] = state
     for table in (routes_queue.routes, routes_files.routes, routes_info.routes, openapi.routes,
                   routes_userdata.routes, routes_settings.routes, routes_i18n.routes, routes_workflows.routes,
-                  routes_openai.routes, routes_sdapi.routes):
+                  routes_openai.routes, routes_sdapi.routes, routes_workers.routes):
         add_api_routes(app, table)
     add_websocket_route(app)
     add_mcp_route(app, options)  # MCP over HTTP at /mcp when the mcp extra is installed

@@ -25,6 +25,24 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass
+class RayOptions:
+    """Execution on Ray workers (server/dispatch.py) instead of the in-process worker thread."""
+
+    address: str | None = None  # None: start a local cluster; "auto" or an address: join that cluster
+    workers: int | None = None  # None: one per GPU of the cluster (one worker on a CPU-only cluster)
+    threads_per_worker: int = 1  # torch threads (and Ray CPUs) of each CPU worker
+    hang_timeout_s: float = 600.0  # a running prompt's worker silent this long is treated as dead
+    steal_backlog: int = 2  # prompts waiting for a busy worker's models before an idle worker loads them too
+    shared_cache_bytes: int = 2 * 1024**3  # each shared cache tier's budget (object store, disk); 0: off
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.threads_per_worker < 1 or self.hang_timeout_s <= 0:
+            raise ValueError("threads_per_worker must be at least 1 and hang_timeout_s positive")
+
+
+@dataclass
 class ServerOptions:
     """How one server runs: where its data lives, where it listens, who may talk to it, and its limits."""
 
@@ -47,6 +65,7 @@ class ServerOptions:
     cache_bytes: int | None = None
     registry: Registry | None = None
     environment: Environment | None = None
+    ray: RayOptions | None = None  # None: prompts run in this process (Ray is not imported)
 
     def __post_init__(self) -> None:
         self.base_dir = Path(self.base_dir).resolve()

@@ -259,6 +259,31 @@ class PromptQueue:
                 raise StorageError(f"the queue could not be updated: {exc}") from exc
             return self._item(row)
 
+    def peek_pending(self, limit: int) -> list[QueueItem]:
+        """The first `limit` pending prompts in queue order, claiming none: a dispatcher choosing among several
+        workers looks ahead. Clears the wake-up flag first, as `claim_next` does, so an add() after the look
+        always wakes the next wait()."""
+        self._work.clear()
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM prompts WHERE state = 'pending' ORDER BY number, rowid LIMIT ?",
+                                    (limit,)).fetchall()
+        return [self._item(row) for row in rows]
+
+    def claim(self, prompt_id: str) -> QueueItem | None:
+        """Marks this pending prompt running and returns it; None when it is no longer pending (deleted, or
+        claimed already)."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT * FROM prompts WHERE state = 'pending' AND prompt_id = ?",
+                                       (prompt_id,)).fetchone()
+                if row is None:
+                    return None
+                self._db.execute("UPDATE prompts SET state = 'running', start_time = ? WHERE prompt_id = ?",
+                                 (now_ms(), prompt_id))
+            except sqlite3.Error as exc:
+                raise StorageError(f"the queue could not be updated: {exc}") from exc
+            return self._item(row)
+
     def finish(self, prompt_id: str, status_str: str, completed: bool, messages: list[Any],
                outputs: dict[str, Any], meta: dict[str, Any], error: dict[str, Any] | None) -> None:
         """Moves a prompt to history. When the database refuses the write, the prompt is failed in memory with

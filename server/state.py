@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from latentgraph.engine.executor import Executor
@@ -12,6 +12,9 @@ from latentgraph.server.queue import PromptQueue
 from latentgraph.server.worker import Worker
 from latentgraph.server.ws import Hub
 
+if TYPE_CHECKING:
+    from latentgraph.server.dispatch import RayDispatcher
+
 
 @dataclass
 class ServerState:
@@ -19,7 +22,7 @@ class ServerState:
     executor: Executor
     queue: PromptQueue
     hub: Hub
-    worker: Worker
+    worker: Worker | RayDispatcher  # the in-process thread, or Ray workers behind a dispatcher (--ray)
 
     def queue_status(self) -> dict[str, Any]:
         return queue_status(self.queue)

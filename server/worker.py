@@ -34,6 +34,16 @@ WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 STORAGE_RETRY_S = 2.0
 
 
+class RunLost(RuntimeError):
+    """The process running a prompt died or hung (a Ray worker, see server/dispatch.py). With `retry` set the
+    prompt is left running in the queue for the dispatcher to run once more elsewhere; without it, the prompt is
+    failed in history with this message as the reason."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
 @dataclass
 class Running:
     item: QueueItem
@@ -65,6 +75,11 @@ class Worker:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="latentgraph-worker", daemon=True)
         self._thread.start()
+        self.start_warm_up()
+
+    def start_warm_up(self) -> None:
+        """Warms the executor up in the background (`warmed` is set when done), without starting the loop: the
+        Ray dispatcher validates with this executor and runs prompts elsewhere."""
         if self.warm_up:
             threading.Thread(target=self._warm_up, name="latentgraph-warm-up", daemon=True).start()
         else:
@@ -169,6 +184,10 @@ class Worker:
             messages = [m for m in result.messages if m[0] in HISTORY_EVENTS]
             outputs, error = result.outputs, result.error
         except Exception as exc:  # invalid by now (a file gone since queueing), or an engine fault
+            if isinstance(exc, RunLost) and exc.retry:  # nothing is recorded: the dispatcher runs it again
+                with self._lock:
+                    self.current = None
+                raise
             error = {
                 "prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": [],
                 "exception_message": exc.validation.summary() if isinstance(exc, InvalidPrompt) else str(exc),
