@@ -445,9 +445,15 @@ class ControlledNet:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._net, name)
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, *args: Any,
-                 encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
-                 **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if "down_block_additional_residuals" not in _parameters(self._net):
+            raise ValueError(f"ControlNets (ControlNetApply, ControlNetApplyAdvanced) work with UNet models (SD1.x, "
+                             f"SD2.x, SDXL), not with {type(self._net).__name__}: SD3 ControlNets are not supported")
+        return self._controlled(*args, **kwargs)
+
+    def _controlled(self, sample: torch.Tensor, timestep: torch.Tensor, *args: Any,
+                    encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+                    **kwargs: Any) -> Any:
         groups = len(self._applications)
         batch = sample.shape[0] // groups
         by_chain: dict[int, list[int]] = {}
@@ -474,9 +480,6 @@ class ControlledNet:
         present = next((r for r in per_group if r is not None), None)
         if present is None:
             return self._net(sample, timestep, *args, encoder_hidden_states=encoder_hidden_states, **kwargs)
-        if "down_block_additional_residuals" not in _parameters(self._net):
-            raise ValueError(f"ControlNets work with UNet models (SD1.x, SD2.x, SDXL), not with "
-                             f"{type(self._net).__name__}")
         filled = [r if r is not None else ([torch.zeros_like(d) for d in present[0]], torch.zeros_like(present[1]))
                   for r in per_group]
         dtype = sample.dtype

@@ -306,3 +306,18 @@ def test_sdxl_controlnet_equals_sdxl_controlnet_pipeline(registry, tmp_path: Pat
                      guidance_scale=5.0, height=64, width=64, controlnet_conditioning_scale=0.8,
                      generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent").images
     torch.testing.assert_close(result * model.latent_scale, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_a_controlnet_on_an_sd3_model_is_refused_clearly(env, handles):
+    """SD3's MMDiT takes no UNet residuals: sampling it with a UNet ControlNet fails with a message, not a
+    TypeError from deep inside the call."""
+    from latentgraph.nodes.sd.controlnet import ControlledNet
+
+    from .families_tiny import tiny_sd3
+
+    net = tiny_sd3()["transformer"]
+    positive, _ = advanced(env, load(env, "tiny_cn_folder"), hint(1))(conditioning(handles[1], PROMPT), [])
+    controlled_net = ControlledNet(net, None, [positive[0][1]["control"]])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="SD3 ControlNets are not supported"):
+        controlled_net(hidden_states=torch.zeros(1, 16, 8, 8), timestep=torch.ones(1),
+                       encoder_hidden_states=torch.zeros(1, 4, 32), pooled_projections=torch.zeros(1, 64))
