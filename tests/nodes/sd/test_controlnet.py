@@ -31,7 +31,7 @@ from latentgraph.nodes.sd.tokenizer import load_clip_tokenizer
 from safetensors.torch import save_file
 
 from .conftest import TINY, with_checkpoint
-from .sd_helpers import run_context
+from .sd_helpers import output_pixels, run_context, txt2img
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -321,3 +321,31 @@ def test_a_controlnet_on_an_sd3_model_is_refused_clearly(env, handles):
     with pytest.raises(ValueError, match="SD3 ControlNets are not supported"):
         controlled_net(hidden_states=torch.zeros(1, 16, 8, 8), timestep=torch.ones(1),
                        encoder_hidden_states=torch.zeros(1, 4, 32), pooled_projections=torch.zeros(1, 64))
+
+
+def test_shared_workflow_runs_through_the_executor(registry, env):
+    """A ControlNet workflow as people share it: LoadImage -> Canny -> ControlNetApplyAdvanced (with a
+    ControlNetLoader) between the prompts and KSampler. It runs, the ControlNet changes the image, strength 0 gives
+    the image without it, and changing only the strength reruns only the apply node and what follows."""
+    from latentgraph.engine.executor import Executor
+
+    executor = Executor(registry, env)
+    plain = txt2img(TINY, steps=3, prefix="plain")
+    workflow = txt2img(TINY, steps=3, prefix="controlled")
+    workflow.update({
+        "20": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "21": {"class_type": "Canny", "inputs": {"image": ["20", 0], "low_threshold": 0.2, "high_threshold": 0.5}},
+        "22": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "control_tiny_ldm.safetensors"}},
+        "23": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["6", 0], "negative": ["7", 0], "control_net": ["22", 0], "image": ["21", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+    })
+    workflow["3"]["inputs"].update(positive=["23", 0], negative=["23", 1])
+    without = executor.run(plain)
+    first = executor.run(workflow)
+    assert first.status == "success", first.error
+    assert (output_pixels(env, first)[0].astype(int) - output_pixels(env, without)[0]).any()
+    workflow["23"]["inputs"]["strength"] = 0.0
+    second = executor.run(workflow)
+    assert sorted(second.executed) == ["23", "3", "8", "9"]
+    assert (output_pixels(env, second)[0] == output_pixels(env, without)[0]).all()
