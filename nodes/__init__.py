@@ -38,6 +38,7 @@ BUILTIN_MODULES = [
     "latentgraph.training.lora_nodes",
     "latentgraph.nodes.sd.vae_tiled_nodes",
     "latentgraph.nodes.sd.model_sampling_nodes",
+    "latentgraph.nodes.sd.model_patch_nodes",
     "latentgraph.nodes.sd.controlnet_nodes",
     "latentgraph.nodes.preprocessor_nodes",
 ]

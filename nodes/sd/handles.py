@@ -9,7 +9,7 @@ two handles for the same file share the same loaded weights.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,9 @@ class ModelHandle(_Handle):
     scheduler_config: dict[str, Any] = field(default_factory=dict, compare=False)
     latent_scale: float = 0.18215
     patches: tuple[LoraPatch, ...] = ()
+    # FreeU/RescaleCFG-like patches (nodes/sd/model_patch_nodes.py): `attached(net)` hooks the network while in use,
+    # `cfg_function` (or None) is the sampler's CFG function
+    model_patches: tuple[Any, ...] = ()
 
     @property
     def prediction_type(self) -> str:
@@ -109,6 +112,15 @@ class ModelHandle(_Handle):
 
     def with_patch(self, patch: LoraPatch) -> ModelHandle:
         return replace(self, patches=(*self.patches, patch))
+
+    def with_model_patch(self, patch: Any) -> ModelHandle:
+        return replace(self, model_patches=(*self.model_patches, patch))
+
+    @property
+    def sampler_cfg_function(self) -> Callable[[dict[str, Any]], torch.Tensor] | None:
+        """The last patch's CFG function (a later one replaces an earlier one, as in ComfyUI), or None."""
+        functions = [p.cfg_function for p in self.model_patches if p.cfg_function is not None]
+        return functions[-1] if functions else None
 
     def noise_space(self, sampler_name: str, scheduler_name: str) -> NoiseSpace:
         """The sampling loop's strategy for this model, as its family says (eps, v, flow...)."""
@@ -121,7 +133,9 @@ class ModelHandle(_Handle):
     @contextmanager
     def use(self) -> Iterator[torch.nn.Module]:
         with self.manager.use(self.component.key, self.component.loader(self.env)) as unet:
-            with patched(unet, self.patches, self.manager) if self.patches else nullcontext():
+            with patched(unet, self.patches, self.manager) if self.patches else nullcontext(), ExitStack() as stack:
+                for patch in self.model_patches:
+                    stack.enter_context(patch.attached(unet))
                 yield unet
 
 
