@@ -17,6 +17,7 @@ from latentgraph.nodes.sd.families import load_component as load_family_componen
 from latentgraph.nodes.sd.sampling import sample
 from latentgraph.nodes.sd.sd3 import detect_sd3, save_sd3_single_file, transformer_to_sai
 from latentgraph.nodes.sd.sd3_nodes import (
+    CLIPLoader,
     DualCLIPLoader,
     EmptySD3LatentImage,
     ModelSamplingSD3,
@@ -126,6 +127,32 @@ def test_triple_loader_unet_loader_and_shift(sd3: tuple[dict, Path], tmp_path: P
     common = {"seed": 1, "steps": 3, "cfg": 1.0, "sampler_name": "euler", "scheduler_name": "simple",
               "positive": [[context, options]], "negative": [[context, options]], "latent": latent}
     assert not torch.allclose(sample(model, **common)["samples"], sample(shifted, **common)["samples"])
+
+
+def test_clip_loader_alone_gives_clip_l_and_zeros_for_the_missing_encoders(sd3: tuple[dict, Path],
+                                                                          tmp_path: Path) -> None:
+    """CLIPLoader with one CLIP-L file: its columns of the context and of the pooled vector equal the CLIP-L part
+    of diffusers' SD3 encode_prompt (penultimate layer; pooled projection), and the missing CLIP-G and T5 parts
+    are zeros (ComfyUI's SD3 text model without them). A loader that ignored its file, or the wrong layer, fails."""
+    parts, path = sd3
+    text_dir = tmp_path / "models" / "text_encoders"
+    text_dir.mkdir(parents=True)
+    _save_text_file(parts["text_encoder"], text_dir / "l.sft")
+    _save_text_file(parts["text_encoder_2"], text_dir / "other.sft")
+    ctx = run_context(make_environment(tmp_path))
+    clip = CLIPLoader(clip_name="l.sft", type="sd3").execute(ctx)[0]
+    assert clip.roles == ("clip_l",)
+    [[context, options]] = CLIPTextEncode(text=PROMPT, clip=clip).execute(ctx)[0]
+    embeds, _, pooled, _ = _pipeline(parts, False, path.parents[2]).encode_prompt(
+        PROMPT, None, None, device="cpu", do_classifier_free_guidance=False)
+    width = parts["text_encoder"].config.hidden_size
+    torch.testing.assert_close(context[:, :77, :width], embeds[:, :77, :width], atol=1e-5, rtol=1e-5)
+    assert not context[:, :77, width:].any() and not context[:, 77:].any()
+    torch.testing.assert_close(options["pooled_output"][:, :width], pooled[:, :width], atol=1e-5, rtol=1e-5)
+    assert not options["pooled_output"][:, width:].any()
+    other = CLIPLoader(clip_name="other.sft", type="sd3").execute(ctx)[0]
+    [[other_context, _]] = CLIPTextEncode(text=PROMPT, clip=other).execute(ctx)[0]
+    assert float((other_context[:, :77, :width] - context[:, :77, :width]).abs().max()) > 1e-2
 
 
 def test_full_size_architecture_detected_from_shapes() -> None:
