@@ -53,6 +53,7 @@ def Input(  # noqa: N802 - reads like pydantic's Field, which it wraps
     image_upload: bool | None = None,
     force_input: bool | None = None,
     dynamic_prompts: bool | None = None,
+    display: str | None = None,  # how the editor shows a number: "color" (0xRRGGBB picker), "slider", "number"
     optional: bool = False,
     choices: ChoicesFn | None = None,
 ) -> Any:
@@ -66,6 +67,7 @@ def Input(  # noqa: N802 - reads like pydantic's Field, which it wraps
         "image_upload": image_upload,
         "forceInput": force_input,
         "dynamicPrompts": dynamic_prompts,
+        "display": display,
     }
     options = InputOptions({k: v for k, v in editor.items() if v is not None}, optional=optional, choices=choices)
     return Field(default, ge=ge, le=le, description=tooltip, json_schema_extra=options)

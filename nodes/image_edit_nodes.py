@@ -229,7 +229,7 @@ class EmptyImage(Node):
     width: int = Input(512, ge=1, le=MAX_RESOLUTION, step=1)
     height: int = Input(512, ge=1, le=MAX_RESOLUTION, step=1)
     batch_size: int = Input(1, ge=1, le=4096)
-    color: int = Input(0, ge=0, le=0xFFFFFF, step=1)
+    color: int = Input(0, ge=0, le=0xFFFFFF, step=1, display="color")
 
     def execute(self, ctx: RunContext) -> tuple:
         rgb = [((self.color >> shift) & 0xFF) / 0xFF for shift in (16, 8, 0)]

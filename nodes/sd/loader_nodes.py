@@ -149,3 +149,31 @@ class LoraLoader(Node):
         model = self.model.with_patch(LoraPatch(path, identity, "unet", self.strength_model))
         clip = self.clip.with_patch(LoraPatch(path, identity, "text_encoder", self.strength_clip))
         return model, clip
+
+
+class LoraLoaderModelOnly(Node):
+    """Applies a LoRA to the model alone (LoraLoader with the text encoder left as it is): for LoRAs without text
+    encoder weights, and for models loaded without a CLIP."""
+
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("MODEL",)
+
+    model: Model
+    lora_name: str = Input(choices=lambda env: env.folders.list("loras"))
+    strength_model: float = Input(1.0, ge=-100.0, le=100.0, step=0.01)
+
+    @classmethod
+    def fingerprint(cls, inputs: dict[str, Any], env: Environment) -> str | None:
+        return _fingerprint(lambda: env.folders.find("loras", inputs["lora_name"]))
+
+    def execute(self, ctx: RunContext) -> tuple:
+        if self.strength_model == 0:
+            return (self.model,)
+        path = ctx.env.folders.find("loras", self.lora_name)
+        identity = file_identity(path)
+        tensors = load_lora_file(path, identity, model_manager(ctx.env))
+        unet = self.model.manager.get(self.model.component.key, self.model.component.loader(ctx.env))
+        if addressed_modules(tensors, unet, "unet") == 0:
+            raise ValueError(f"LoRA {self.lora_name} has no weights for this model's layers "
+                             f"(it may be made for another architecture, or hold text encoder weights only)")
+        return (self.model.with_patch(LoraPatch(path, identity, "unet", self.strength_model)),)

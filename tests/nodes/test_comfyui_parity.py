@@ -73,7 +73,7 @@ COMFYUI = {
         "alpha": f(1.0, 0.0, 5.0, 0.01)}, {}),
     "EmptyImage": ("image", None, [IMAGE], {
         "width": i(512, 1, R, 1), "height": i(512, 1, R, 1), "batch_size": i(1, 1, 4096),
-        "color": i(0, 0, 0xFFFFFF, 1)}, {}),
+        "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"})}, {}),
     "MaskToImage": ("mask", "Convert Mask to Image", [IMAGE], {"mask": MASK}, {}),
     "ImageToMask": ("mask", "Convert Image to Mask", [MASK], {
         "image": IMAGE, "channel": ["red", "green", "blue", "alpha"]}, {}),
@@ -118,6 +118,8 @@ COMFYUI = {
         "model": "MODEL", "b1": f(1.3, 0.0, 10.0, 0.01), "b2": f(1.4, 0.0, 10.0, 0.01), "s1": f(0.9, 0.0, 10.0, 0.01),
         "s2": f(0.2, 0.0, 10.0, 0.01)}, {}),
     "RescaleCFG": ("advanced/model", None, ["MODEL"], {"model": "MODEL", "multiplier": f(0.7, 0.0, 1.0, 0.01)}, {}),
+    "LoraLoaderModelOnly": ("loaders", None, ["MODEL"], {
+        "model": "MODEL", "lora_name": [], "strength_model": f(1.0, -100.0, 100.0, 0.01)}, {}),
     "InpaintModelConditioning": ("conditioning/inpaint", None, [COND, COND, LATENT], {
         "positive": COND, "negative": COND, "vae": "VAE", "pixels": IMAGE, "mask": MASK,
         "noise_mask": b(True)}, {}),
