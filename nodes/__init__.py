@@ -29,6 +29,7 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.sd.text_nodes",
     "latentgraph.nodes.sd.conditioning_nodes",
     "latentgraph.nodes.sd.sampler_nodes",
+    "latentgraph.nodes.sd.custom_sampling_nodes",
     "latentgraph.nodes.sd.latent_nodes",
     "latentgraph.nodes.sd.vae_nodes",
     "latentgraph.nodes.sd.image_nodes",
@@ -41,6 +42,7 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.sd.model_patch_nodes",
     "latentgraph.nodes.sd.controlnet_nodes",
     "latentgraph.nodes.preprocessor_nodes",
+    "latentgraph.nodes.sd.compile_nodes",
 ]
 
 ENTRY_POINT_GROUP = "latentgraph.nodes"

@@ -18,6 +18,7 @@ import torch
 from latentgraph.engine.context import Environment
 from latentgraph.engine.folders import Folders
 from latentgraph.nodes.sd.checkpoint import CheckpointInfo, TensorFile, load_vae_file
+from latentgraph.nodes.sd.compiled import CompileOptions, maybe_compiled
 from latentgraph.nodes.sd.devices import weight_dtype
 from latentgraph.nodes.sd.family import Family
 from latentgraph.nodes.sd.lora import LoraPatch, patched
@@ -105,6 +106,7 @@ class ModelHandle(_Handle):
     # FreeU/RescaleCFG-like patches (nodes/sd/model_patch_nodes.py): `attached(net)` hooks the network while in use,
     # `cfg_function` (or None) is the sampler's CFG function
     model_patches: tuple[Any, ...] = ()
+    compile: CompileOptions | None = None  # TorchCompileModel's (None: the environment's default, eager unless set)
 
     @property
     def prediction_type(self) -> str:
@@ -136,7 +138,7 @@ class ModelHandle(_Handle):
             with patched(unet, self.patches, self.manager) if self.patches else nullcontext(), ExitStack() as stack:
                 for patch in self.model_patches:
                     stack.enter_context(patch.attached(unet))
-                yield unet
+                yield maybe_compiled(unet, self.compile, self.env)
 
 
 @dataclass(frozen=True)

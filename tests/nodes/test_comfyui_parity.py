@@ -120,6 +120,11 @@ COMFYUI = {
     "RescaleCFG": ("advanced/model", None, ["MODEL"], {"model": "MODEL", "multiplier": f(0.7, 0.0, 1.0, 0.01)}, {}),
     "LoraLoaderModelOnly": ("loaders", None, ["MODEL"], {
         "model": "MODEL", "lora_name": [], "strength_model": f(1.0, -100.0, 100.0, 0.01)}, {}),
+    "CLIPTextEncodeSD3": ("advanced/conditioning", None, [COND], {
+        "clip": "CLIP", "clip_l": ("STRING", {"multiline": True, "dynamicPrompts": True}),
+        "clip_g": ("STRING", {"multiline": True, "dynamicPrompts": True}),
+        "t5xxl": ("STRING", {"multiline": True, "dynamicPrompts": True}), "empty_padding": ["none", "empty_prompt"]},
+        {}),
     "InpaintModelConditioning": ("conditioning/inpaint", None, [COND, COND, LATENT], {
         "positive": COND, "negative": COND, "vae": "VAE", "pixels": IMAGE, "mask": MASK,
         "noise_mask": b(True)}, {}),
@@ -160,6 +165,8 @@ COMFYUI = {
         "samples": LATENT, "seed_behavior": ["random", "fixed"]}, {}),
     "ModelSamplingDiscrete": ("advanced/model", None, ["MODEL"], {
         "model": "MODEL", "sampling": ["eps", "v_prediction", "lcm", "x0", "img_to_img"], "zsnr": b(False)}, {}),
+    "TorchCompileModel": ("_for_testing", None, ["MODEL"], {"model": "MODEL", "backend": ["inductor", "cudagraphs"]},
+                          {}),
     # nodes.py's ControlNet nodes and comfy_extras/nodes_canny.py
     "ControlNetLoader": ("loaders", "Load ControlNet Model", ["CONTROL_NET"], {"control_net_name": []}, {}),
     "DiffControlNetLoader": ("loaders", "Load ControlNet Model (diff)", ["CONTROL_NET"], {

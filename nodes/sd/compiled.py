@@ -1,0 +1,172 @@
+"""Compiled denoisers: the UNet/MMDiT run through `torch.compile`, with inductor's caches kept under the base directory.
+
+Why a separate object and not `module.compile()`: the loaded module lives in the model manager and is shared by every
+workflow that uses the checkpoint; compiling it in place would change what eager workflows run. Instead each loaded
+module carries (in its `__dict__`, so it is dropped with the module when the manager lets it go) one `CompiledNet`
+per `CompileOptions`: a thin callable that sends `__call__` through the compiled module and everything else
+(`device`, `config`, `parameters()`, `state_dict()`) to the module itself. It is not an `nn.Module`, so the block-level
+interrupt hooks (nodes/sd/interrupt_hooks.py) are not put on it: a Python call inside every block would split the
+compiled graph; a compiled run stops between steps.
+
+Compilation is paid once per machine, not per process: inductor's FX-graph and AOT-autograd caches are pointed, for
+the duration of each call only (no process-wide setting is left changed), at
+`<base>/cache/compile/<architecture>-<dtype>-<device>-torch<version>-<backend>`, so a restart or a second worker
+finds the compiled kernels there (each entry is keyed by inductor on the input shapes too). Shapes: `dynamic=None`
+is torch's automatic mode (the first size is compiled static, the first size change recompiles once with symbolic
+height and width, later sizes reuse that); `dynamic=True` compiles symbolic sizes from the start; `dynamic=False`
+compiles every size separately. Channels-last: inductor's layout optimisation converts convolutions to channels-last
+inside the compiled graph, so the shared weights are left as they are. Attention is diffusers' SDPA processor
+(flash / memory-efficient kernels on CUDA).
+
+A compile failure (no C++ compiler, an unsupported operation, a backend that needs CUDA) falls back to the eager
+module with one warning, and that net stays eager; an error the eager module raises too is the input's, and is
+raised as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from latentgraph.engine.context import Environment
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("inductor", "cudagraphs")
+CACHE_FOLDER = Path("cache") / "compile"
+# Different instances of one architecture (two checkpoints, a reload after /free) each add a dynamo cache entry on
+# the same forward code; torch's default of 8 would silently turn later ones eager.
+RECOMPILE_LIMIT = 64
+_ATTRIBUTE = "_latentgraph_compiled"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How a MODEL's denoiser is compiled; part of the MODEL handle, so it is part of every cache key downstream."""
+
+    backend: str = "inductor"
+    dynamic: bool | None = None  # None: torch's automatic dynamic shapes (static first, symbolic after a change)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"compile backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
+class CompileDefaults:
+    """The environment's default for MODELs that no TorchCompileModel node set (`--compile` on serve and run)."""
+
+    def __init__(self, options: CompileOptions | None = None) -> None:
+        self.options = options
+
+
+def compile_defaults(env: Environment) -> CompileDefaults:
+    return env.service(CompileDefaults, lambda _env: CompileDefaults())
+
+
+def set_default_compile(env: Environment, options: CompileOptions | None) -> None:
+    """Makes every MODEL of `env` compiled with `options` unless a node says otherwise (None: eager)."""
+    compile_defaults(env).options = options
+
+
+def architecture_key(module: torch.nn.Module) -> str:
+    """Class name and a hash of its config: two checkpoints of one architecture share compiled kernels."""
+    config = dict(getattr(module, "config", None) or {})
+    # diffusers' private entries (`_use_default_values`, a list in set order) differ from one process to the next
+    text = json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True, default=str)
+    return f"{type(module).__name__}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def cache_dir(base_dir: Path, module: torch.nn.Module, options: CompileOptions) -> Path:
+    """Where inductor keeps this module's compiled graphs: keyed by architecture, dtype, device, torch, backend."""
+    parameter = next(module.parameters())
+    dtype = str(parameter.dtype).removeprefix("torch.")
+    torch_version = torch.__version__.replace("+", "_")
+    name = f"{architecture_key(module)}-{dtype}-{parameter.device.type}-torch{torch_version}-{options.backend}"
+    return Path(base_dir) / CACHE_FOLDER / name
+
+
+@contextmanager
+def compile_scope(directory: Path) -> Iterator[None]:
+    """Inductor's caches in `directory` and a recompile limit fit for many models, for this block only."""
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with (temporary_cache_dir(str(directory)), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT),
+          torch._inductor.config.patch(fx_graph_cache=True)):
+        yield
+
+
+class CompiledNet:
+    """The network as the sampling loop sees it: calls compiled, attributes the module's (see the module doc)."""
+
+    def __init__(self, module: torch.nn.Module, options: CompileOptions, directory: Path) -> None:
+        self.module = module
+        self.options = options
+        self.directory = directory
+        self.failed = False
+        self.calls = 0
+        self._compiled = torch.compile(module, backend=options.backend, dynamic=options.dynamic)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed:
+            return self.module(*args, **kwargs)
+        self.calls += 1
+        start = time.perf_counter()
+        if self.calls == 1:
+            log.info("compiling %s with %s (cached under %s; the first call of each new size takes a while)",
+                     type(self.module).__name__, self.options.backend, self.directory)
+        try:
+            with compile_scope(self.directory):
+                if self.options.backend == "cudagraphs":
+                    torch.compiler.cudagraph_mark_step_begin()
+                    return _cloned(self._compiled(*args, **kwargs))
+                result = self._compiled(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any compile failure falls back; eager decides below
+            return self._fall_back(error, args, kwargs)
+        if self.calls == 1:
+            log.info("%s compiled in %.1f s", type(self.module).__name__, time.perf_counter() - start)
+        return result
+
+    def _fall_back(self, error: Exception, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Eager for good when eager succeeds where the compiled call failed; the input's error otherwise."""
+        result = self.module(*args, **kwargs)
+        self.failed = True
+        reason = str(error).strip().splitlines()
+        log.warning("torch.compile (%s) failed for %s; running it eager from now on: %s: %s", self.options.backend,
+                    type(self.module).__name__, type(error).__name__, reason[0] if reason else "")
+        return result
+
+
+def _cloned(value: Any) -> Any:
+    """CUDA graphs reuse their output buffers on the next replay: the sampling loop keeps outputs across calls."""
+    from torch.utils._pytree import tree_map
+
+    if hasattr(value, "to_tuple"):  # a diffusers output dataclass
+        return type(value)(*tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, value.to_tuple()))
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, value)
+
+
+def compiled(module: torch.nn.Module, options: CompileOptions, base_dir: Path) -> CompiledNet:
+    """The module's compiled net for `options`, made once and kept with the module (shared, dropped with it)."""
+    nets: dict[CompileOptions, CompiledNet] = module.__dict__.setdefault(_ATTRIBUTE, {})
+    net = nets.get(options)
+    if net is None:
+        net = nets[options] = CompiledNet(module, options, cache_dir(base_dir, module, options))
+    return net
+
+
+def maybe_compiled(module: torch.nn.Module, options: CompileOptions | None, env: Environment) -> Any:
+    """What a MODEL handle lends to the sampling loop: the compiled net when the handle or the environment asks."""
+    chosen = options if options is not None else compile_defaults(env).options
+    return module if chosen is None else compiled(module, chosen, env.base_dir)
