@@ -4,8 +4,9 @@ Each worker keeps its own in-memory `Cache` (engine/cache.py). Results made only
 (conditioning, latents, images, masks; never a model handle) whose node shows nothing in the UI are also
 published under a *portable* key to two shared tiers:
 
-- Ray's object store, through one index actor (`SharedIndex`) that owns the objects (`ray.put(_owner=...)`), so a
-  result survives the death of the worker that computed it; the index keeps a byte budget, oldest out first.
+- Ray's object store, through one index actor (`SharedIndex`) that puts the objects itself and so owns them: a
+  result survives the death of the worker that computed it (the price is one copy through the index actor, fine
+  for latents and images); the index keeps a byte budget, oldest out first.
 - A disk tier under the base directory (`cache/shared/`), which survives a restart of the server and the cluster;
   also under a byte budget, least recently used out first (a hit refreshes the file's time).
 
@@ -205,10 +206,11 @@ class SharedIndex:
         self._entries.move_to_end(key)
         return [found[0]]
 
-    def publish(self, key: str, refs: list[ray.ObjectRef], size: int) -> bool:
+    def publish(self, key: str, outputs: list[Any], size: int) -> bool:
+        """Puts `outputs` into the object store as this actor's own object (owned here, not by the publisher)."""
         if key in self._entries or size > self.budget:
             return key in self._entries
-        self._entries[key] = (refs[0], size)
+        self._entries[key] = (ray.put(outputs), size)
         self._bytes += size
         while self._bytes > self.budget:
             _, (_, old) = self._entries.popitem(last=False)
@@ -292,7 +294,6 @@ class TieredCache(Cache):
         if self.index is None:
             return
         try:
-            ref = ray.put(list(outputs), _owner=self.index)
-            self.index.publish.remote(portable, [ref], size)
+            self.index.publish.remote(portable, list(outputs), size)
         except Exception as exc:
             log.info("the object-store tier could not take %s: %r", portable[:16], exc)
