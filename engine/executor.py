@@ -105,7 +105,7 @@ def _summarize(value: Any) -> Any:
     if shape is not None:
         return f"{type(value).__name__}(shape={list(shape)}, dtype={getattr(value, 'dtype', '?')})"
     if isinstance(value, int | float | bool | str) or value is None:
-        return value if not isinstance(value, str) or len(value) < 200 else value[:200] + "..."
+        return value if not isinstance(value, str) or len(value) <= 200 else value[:200] + "..."
     if isinstance(value, dict):
         return {str(k): _summarize(v) for k, v in list(value.items())[:10]}
     return type(value).__name__

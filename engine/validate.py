@@ -168,11 +168,11 @@ class _Graph:
         placed = set(order)
         return order, {node for node in self.parents if node not in placed}
 
-    def as_networkx(self, nodes: set[str] | None = None) -> nx.DiGraph:
+    def as_networkx(self, nodes: set[str]) -> nx.DiGraph:
+        """The subgraph of `nodes` (only cyclic parts are handed to networkx; every caller names them)."""
         graph: nx.DiGraph = nx.DiGraph()
-        keep = self.parents.keys() if nodes is None else nodes
-        graph.add_nodes_from(keep)
-        graph.add_edges_from((p, n) for n in keep for p in self.parents[n] if p in keep)
+        graph.add_nodes_from(nodes)
+        graph.add_edges_from((p, n) for n in nodes for p in self.parents[n] if p in nodes)
         return graph
 
 
