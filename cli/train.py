@@ -36,7 +36,7 @@ LORA_DEFAULTS = _LoraDefaults()
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from latentgraph.training.demo import PRESETS, STATE_FILE, train_demo
+    from latentgraph.training.demo import PRESETS, STATE_FILE, init_from_checkpoint, train_demo
     from latentgraph.training.export import write_diffusers_folder, write_single_file
 
     apply_threads(args.threads)
@@ -47,6 +47,15 @@ def _demo(args: argparse.Namespace) -> int:
             config.unet_steps = args.unet_steps
         if args.decoder_steps is not None:
             config.decoder_steps = args.decoder_steps
+    if args.from_checkpoint is not None:
+        if (args.out / STATE_FILE).exists():
+            print(f"error: {args.out} already holds a run; resume it without --from-checkpoint", file=sys.stderr)
+            return EXIT_INVALID
+        if not args.from_checkpoint.is_file():
+            print(f"error: --from-checkpoint {args.from_checkpoint} is not a file", file=sys.stderr)
+            return EXIT_INVALID
+        init_from_checkpoint(args.out, args.from_checkpoint, config)
+        config = None
     state = train_demo(args.out, config, progress=not args.quiet, finish=args.finish)
     single = write_single_file(state, args.out / "latentgraph-demo.safetensors")
     folder = write_diffusers_folder(state, args.out / "latentgraph-demo")
@@ -115,7 +124,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "the same --out resumes; a finished run is only exported again.")
     add_base_dir_argument(demo)
     demo.add_argument("--out", type=Path, default=Path("demo-training"), help="run folder (default: demo-training)")
-    demo.add_argument("--preset", choices=["demo", "tiny"], default="demo", help="model and schedule sizes")
+    demo.add_argument("--preset", choices=["demo", "tiny", "finetune"], default="demo",
+                      help="model and schedule sizes (finetune: the schedule for --from-checkpoint)")
+    demo.add_argument("--from-checkpoint", type=Path, default=None, metavar="FILE",
+                      help="start a new run from a finished model file (VAE frozen; the UNet and text encoder "
+                           "continue on the current captions), e.g. the shipped demo model with --preset finetune")
     demo.add_argument("--unet-steps", type=int, default=None, help="UNet steps (raise it to train a run longer)")
     demo.add_argument("--decoder-steps", type=int, default=None,
                       help="steps sharpening the VAE decoder (raise it to refine a finished run's decoder)")

@@ -138,10 +138,77 @@ def sample_scene(seed: int, index: int, triples: list[tuple[str, str, str]] | No
     )
 
 
-def sample_caption(scene: Scene, seed: int, index: int) -> str:
-    """Mostly the full caption; sometimes without size or position, so that shorter prompts work too."""
-    rng = random.Random(f"caption:{seed}:{index}")
-    return scene.caption(size=rng.random() > 0.2, position=rng.random() > 0.2, background=rng.random() > 0.05)
+SIZE_WORDS: dict[str, tuple[str, ...]] = {
+    "small": ("small", "little", "tiny", "smaller", "small-sized"),
+    "large": ("large", "big", "huge", "larger", "giant"),
+}
+POSITION_WORDS: dict[str, tuple[str, ...]] = {
+    "on the left": ("on the left", "at the left", "to the left", "on the left side", "left", "at left"),
+    "on the right": ("on the right", "at the right", "to the right", "on the right side", "right", "at right"),
+    "in the center": ("in the center", "in the middle", "in the centre", "centered", "at the center", "center"),
+    "at the top": ("at the top", "on top", "near the top", "at the top edge", "top", "up top"),
+    "at the bottom": ("at the bottom", "near the bottom", "at the bottom edge", "on the bottom", "bottom", "down low"),
+}
+PLURALS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars"}
+ORIGINAL_TEMPLATE_SHARE = 0.3
+# Sentence forms for the varied captions. {obj} is the object phrase ("a big red circle"), {bare} the same
+# without article, {pos} the position words ("" when dropped), {bg} the background colour.
+_FORMS: tuple[str, ...] = (
+    "{obj}{pos} on a {bg} background",
+    "{obj}{pos}, {bg} background",
+    "{bare}{pos} on {bg}",
+    "{bare}{pos}, on {bg}",
+    "{obj}{pos} on {bg}",
+    "a {bg} background with {obj}{pos}",
+    "{bg} background with {obj}{pos}",
+    "{bg} background, {bare}{pos}",
+    "{obj} on a {bg} background{pos}",
+    "{obj}{pos} against a {bg} background",
+    "{bare}{pos} with a {bg} background",
+    "{obj}{pos} with {bg} background",
+    "{bare} on {bg} background{pos}",
+    "on a {bg} background, {obj}{pos}",
+)
+
+
+def _object_phrase(scene: Scene, rng: random.Random, size: bool) -> tuple[str, str]:
+    """(with article, without): size synonym or none, colour, shape or its plural (a slip people make)."""
+    words = ([rng.choice(SIZE_WORDS[scene.size])] if size else []) + [scene.colour]
+    words.append(PLURALS[scene.shape] if rng.random() < 0.1 else scene.shape)
+    bare = " ".join(words)
+    article = rng.choice(("a", "a", "one", "an" if bare[0] in "aeiou" else "a", "the"))
+    return f"{article} {bare}", bare
+
+
+def varied_caption(scene: Scene, rng: random.Random, *, size: bool = True, position: bool = True,
+                   background: bool = True) -> str:
+    """One of many phrasings a person might type for the scene: word order, with or without commas and
+    articles, "X on Y", "X, Y background", "a Y background with a X", synonyms for sizes and positions, plural
+    slips. Pure in `rng`, so a caption is a function of the seed it was drawn with."""
+    obj, bare = _object_phrase(scene, rng, size)
+    pos = ""
+    if position:
+        words = rng.choice(POSITION_WORDS[scene.position])
+        pos = f", {words}" if rng.random() < 0.25 else f" {words}"
+    if not background:
+        return f"{rng.choice((obj, bare))}{pos}"
+    text = rng.choice(_FORMS).format(obj=obj, bare=bare, pos=pos, bg=scene.background)
+    if rng.random() < 0.1:
+        text = text.replace(",", "")
+    if rng.random() < 0.1:
+        text = text[0].upper() + text[1:]
+    return text + ("." if rng.random() < 0.1 else "")
+
+
+def sample_caption(scene: Scene, seed: int, index: int, variant: int = 0) -> str:
+    """A caption of sample `index`: the original template (a share of the time, so prompts of that form keep
+    working) or a varied phrasing; 20% drop the size, 20% the position, 5% the background, so shorter prompts work
+    too. `variant` draws another caption of the same sample (a training pool keeps several per image)."""
+    rng = random.Random(f"caption:{seed}:{index}" + (f":{variant}" if variant else ""))
+    parts = {"size": rng.random() > 0.2, "position": rng.random() > 0.2, "background": rng.random() > 0.05}
+    if rng.random() < ORIGINAL_TEMPLATE_SHARE:
+        return scene.caption(**parts)
+    return varied_caption(scene, rng, **parts)
 
 
 def sample(seed: int, index: int, resolution: int = 64) -> tuple[np.ndarray, str, Scene]:

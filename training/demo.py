@@ -50,6 +50,7 @@ class DemoConfig:
     decoder_lr: float = 1e-3
     edge_weight: float = 1.0
     pool_size: int = 6000
+    captions_per_image: int = 4
     unet_steps: int = 6000
     unet_batch: int = 32
     unet_lr: float = 6e-4
@@ -92,6 +93,8 @@ PRESETS: dict[str, DemoConfig] = {
         checkpoint_seconds=1e9,
         log_every=1,
     ),
+    # Fine-tuning a finished model (`--from-checkpoint`) on the varied captions: VAE frozen, stages 1-2 skipped.
+    "finetune": DemoConfig(unet_steps=1500, unet_lr=3e-4, warmup_steps=50),
 }
 
 
@@ -112,6 +115,7 @@ class TrainState:
     decoder_optimizer: dict = field(default_factory=dict)
     latent_scale: float = 1.0
     elapsed_seconds: float = 0.0
+    init_checkpoint: str = ""
 
     def save(self, folder: Path) -> None:
         data = {**self.__dict__, "config": asdict(self.config)}
@@ -276,6 +280,7 @@ def _encode_pool(state: TrainState, folder: Path, progress: bool) -> None:
     vae.eval()
     tokenizer = load_clip_tokenizer()
     means, stds, captions = [], [], []
+    variants = cfg.captions_per_image
     batch = 64
     with torch.no_grad():
         for start in tqdm(range(0, cfg.pool_size, batch), desc="encode", disable=not progress, dynamic_ncols=True):
@@ -284,12 +289,15 @@ def _encode_pool(state: TrainState, folder: Path, progress: bool) -> None:
             posterior = vae.encode(_images_to_tensor([s[0] for s in samples])).latent_dist
             means.append(posterior.mean)
             stds.append(posterior.std)
-            captions.extend(s[1] for s in samples)
+            captions.extend(dataset.sample_caption(s[2], cfg.seed, i, k) for s, i in zip(samples, indices)
+                            for k in range(variants))
     ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = ids.view(-1, variants, ids.shape[-1])
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     mean = torch.cat(means)
     torch.save({"mean": mean, "std": torch.cat(stds), "ids": ids, "empty": empty}, folder / LATENTS_FILE)
-    state.latent_scale = float(mean.std())
+    if not state.init_checkpoint:  # a shipped VAE is already rescaled to SD1.x's latent scale
+        state.latent_scale = float(mean.std())
     state.stage, state.step = "unet", 0
     state.save(folder)
 
@@ -334,7 +342,10 @@ def _train_unet(state: TrainState, folder: Path, progress: bool) -> None:
         idx = torch.randint(0, count, (cfg.unet_batch,), generator=generator)
         eps_z = torch.randn(pool["mean"][idx].shape, generator=generator)
         latents = (pool["mean"][idx] + pool["std"][idx] * eps_z) / state.latent_scale
-        ids = pool["ids"][idx].clone()
+        ids = pool["ids"][idx]
+        if ids.dim() == 3:  # several captions per image: one drawn per sample
+            ids = ids[torch.arange(len(idx)), torch.randint(0, ids.shape[1], (len(idx),), generator=generator)]
+        ids = ids.clone()
         drop = torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout
         ids[drop] = pool["empty"]
         noise = torch.randn(latents.shape, generator=generator)
@@ -360,6 +371,33 @@ def _train_unet(state: TrainState, folder: Path, progress: bool) -> None:
     bar.close()
     state.stage = "done"
     clock.tick(force=True)
+
+
+def init_from_checkpoint(folder: Path, checkpoint: Path, config: DemoConfig) -> TrainState:
+    """Starts a run in `folder` from a finished model file (e.g. the shipped demo model) instead of from scratch.
+
+    Its VAE is kept frozen (stages 1-2 are skipped, so the latents the UNet already knows stay the same); the pool
+    is encoded with the current captions, and the UNet and text encoder (and their EMA copies) continue from the
+    file's weights for `config.unet_steps` steps. The file's VAE is already rescaled to SD1.x's latent scale, so
+    the run's latent scale is 1 / scaling_factor and exporting leaves the VAE as it was.
+    """
+    from latentgraph.nodes.sd.families import inspect_checkpoint, load_component
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / STATE_FILE).exists():
+        raise FileExistsError(f"{folder} already holds a run; resume it without --from-checkpoint or pick a new --out")
+    info = inspect_checkpoint(Path(checkpoint))
+    state = TrainState(config=copy.deepcopy(config), stage="latents", init_checkpoint=str(checkpoint))
+    state.decoder_step = config.decoder_steps
+    arch = config.arch
+    for name, build in (("vae", build_vae), ("unet", build_unet), ("text_encoder", build_text_encoder)):
+        model = build(arch)
+        model.load_state_dict(load_component(info, name).state_dict())  # strict: the architecture must match
+        setattr(state, name, model.state_dict())
+    state.ema_unet, state.ema_text_encoder = state.unet, state.text_encoder
+    state.latent_scale = 1.0 / float(info.configs["vae"].get("scaling_factor", 0.18215))
+    state.save(folder)
+    return state
 
 
 def train_demo(folder: Path, config: DemoConfig | None = None, *, progress: bool = True,
