@@ -39,7 +39,6 @@ import torch
 from latentgraph.engine.context import Environment
 from latentgraph.nodes.imageops import upscale
 from latentgraph.nodes.sd.checkpoint import (
-    PICKLE_SUFFIXES,
     TensorFile,
     UnsafeCheckpoint,
     materialize,
@@ -250,10 +249,6 @@ def load_controlnet(path: Path, dtype: torch.dtype, base: Mapping[str, torch.Ten
     with torch.device("meta"):
         model = ControlNetModel.from_config(found.config)
     return materialize(model, state, dtype)
-
-
-def is_pickled(path: Path) -> bool:
-    return path.suffix.lower() in PICKLE_SUFFIXES
 
 
 # -------------------------------------------------------------------------------------------------------- handles
