@@ -24,3 +24,8 @@ Latent = Annotated[Any, Socket("LATENT")]
 Image = Annotated[Any, Socket("IMAGE")]
 Mask = Annotated[Any, Socket("MASK")]
 AnyType = Annotated[Any, Socket("*")]
+# Custom sampling (ComfyUI's SamplerCustomAdvanced): noise levels, a sampler, initial noise, a guided model.
+Sigmas = Annotated[Any, Socket("SIGMAS")]
+Sampler = Annotated[Any, Socket("SAMPLER")]
+Noise = Annotated[Any, Socket("NOISE")]
+Guider = Annotated[Any, Socket("GUIDER")]

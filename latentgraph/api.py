@@ -12,7 +12,21 @@ from typing import TYPE_CHECKING
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.interrupt import Interrupted
 from latentgraph.engine.node import Hidden, Input, Node, NodeOutput
-from latentgraph.engine.types import AnyType, Clip, Conditioning, Image, Latent, Mask, Model, Socket, Vae
+from latentgraph.engine.types import (
+    AnyType,
+    Clip,
+    Conditioning,
+    Guider,
+    Image,
+    Latent,
+    Mask,
+    Model,
+    Noise,
+    Sampler,
+    Sigmas,
+    Socket,
+    Vae,
+)
 
 if TYPE_CHECKING:
     from latentgraph.nodes.sd.family import BaseFamily, Family
@@ -24,6 +38,7 @@ __all__ = [
     "Conditioning",
     "Environment",
     "Family",
+    "Guider",
     "Hidden",
     "Image",
     "Input",
@@ -33,7 +48,10 @@ __all__ = [
     "Model",
     "Node",
     "NodeOutput",
+    "Noise",
     "RunContext",
+    "Sampler",
+    "Sigmas",
     "Socket",
     "Vae",
 ]

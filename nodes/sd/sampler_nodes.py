@@ -1,4 +1,7 @@
-"""KSampler and KSamplerAdvanced: denoising with ComfyUI's sampler and scheduler names."""
+"""KSampler and KSamplerAdvanced: denoising with ComfyUI's sampler and scheduler names.
+
+Pairs a diffusers scheduler runs go through the step loop of nodes/sd/sampling.py; ComfyUI's other samplers and
+schedules through the sigma loop of nodes/sd/custom_sampling.py (`uses_sigma_loop`)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ from typing import Any, Literal
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.types import Conditioning, Latent, Model
-from latentgraph.nodes.sd.samplers import SAMPLER_NAMES, SCHEDULER_NAMES, combination_error
+from latentgraph.nodes.sd.custom_sampling import run_ksampler
+from latentgraph.nodes.sd.samplers import KSAMPLER_NAMES, KSCHEDULER_NAMES, combination_error, uses_sigma_loop
 from latentgraph.nodes.sd.sampling import SamplingRequest, run
 
-SamplerName = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
-SchedulerName = Literal[SCHEDULER_NAMES]  # type: ignore[valid-type]
+SamplerName = Literal[KSAMPLER_NAMES]  # type: ignore[valid-type]
+SchedulerName = Literal[KSCHEDULER_NAMES]  # type: ignore[valid-type]
 
 
 def _check_pair(inputs: dict[str, Any]) -> list[tuple[str, str]]:
@@ -20,6 +24,10 @@ def _check_pair(inputs: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     error = combination_error(sampler, scheduler)
     return [("scheduler", error)] if error else []
+
+
+def _run(request: SamplingRequest) -> dict[str, Any]:
+    return run_ksampler(request) if uses_sigma_loop(request.sampler_name, request.scheduler_name) else run(request)
 
 
 class KSampler(Node):
@@ -47,7 +55,7 @@ class KSampler(Node):
         return _check_pair(inputs)
 
     def execute(self, ctx: RunContext) -> tuple:
-        return (run(SamplingRequest(
+        return (_run(SamplingRequest(
             self.model, seed=self.seed, steps=self.steps, cfg=self.cfg, sampler_name=self.sampler_name,
             scheduler_name=self.scheduler, positive=self.positive, negative=self.negative, latent=self.latent_image,
             denoise=self.denoise, progress=ctx.progress, preview=ctx.preview, check_interrupt=ctx.check_interrupt)),)
@@ -79,7 +87,7 @@ class KSamplerAdvanced(Node):
         return _check_pair(inputs)
 
     def execute(self, ctx: RunContext) -> tuple:
-        return (run(SamplingRequest(
+        return (_run(SamplingRequest(
             self.model, seed=self.noise_seed, steps=self.steps, cfg=self.cfg, sampler_name=self.sampler_name,
             scheduler_name=self.scheduler, positive=self.positive, negative=self.negative, latent=self.latent_image,
             add_noise=self.add_noise == "enable", start_step=self.start_at_step, end_step=self.end_at_step,

@@ -3,6 +3,10 @@
 A sampler name picks a diffusers scheduler class (and its solver options); a scheduler name picks how its timesteps
 or noise levels are spaced. Not every class can space its steps every way (DDIM has no Karras sigmas, for
 example); `supported_schedulers` says which pairs exist, and the sampler nodes refuse the others at validation.
+
+ComfyUI's other sampler names (dpmpp_2s_ancestral, euler_cfg_pp, ipndm, ...) and schedules (linear_quadratic,
+kl_optimal) have no diffusers scheduler: KSampler runs those on the sigma loop of nodes/sd/custom_sampling.py (the
+samplers of nodes/sd/k_samplers.py over ComfyUI's schedules); `uses_sigma_loop` says which pairs go there.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import importlib.util
 import inspect
 from functools import cache
 from typing import Any
+
+from latentgraph.nodes.sd.k_samplers import K_SAMPLERS, NOT_IMPLEMENTED
 
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
@@ -47,6 +53,9 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
 
 SAMPLER_NAMES = tuple(SAMPLERS)
 SCHEDULER_NAMES = tuple(SCHEDULERS)
+# What KSampler accepts: the diffusers names, then ComfyUI's names that only the sigma loop runs.
+KSAMPLER_NAMES = SAMPLER_NAMES + tuple(name for name in K_SAMPLERS if name not in SAMPLERS)
+KSCHEDULER_NAMES = SCHEDULER_NAMES + ("linear_quadratic", "kl_optimal")
 _NEEDS = {"dpmpp_sde": "torchsde", "beta": "scipy"}
 # LCM keeps its own timestep grid; it takes the uniform spacings, all of which give that grid.
 _ONLY = {"lcm": ("normal", "sgm_uniform", "simple")}
@@ -70,8 +79,8 @@ def supported_schedulers(sampler: str) -> list[str]:
             if all(k in _parameters(class_name) for k in SCHEDULERS[s]) and _missing_package(s) is None]
 
 
-def combination_error(sampler: str, scheduler: str) -> str | None:
-    """Why a sampler/scheduler pair cannot run, or None."""
+def diffusers_error(sampler: str, scheduler: str) -> str | None:
+    """Why a diffusers scheduler cannot run the pair, or None."""
     if sampler not in SAMPLERS:
         return f"unknown sampler {sampler!r}; known: {', '.join(SAMPLER_NAMES)}"
     if scheduler not in SCHEDULERS:
@@ -82,7 +91,35 @@ def combination_error(sampler: str, scheduler: str) -> str | None:
     supported = supported_schedulers(sampler)
     if scheduler not in supported:
         return (f"scheduler {scheduler} is not supported with sampler {sampler}; "
-                f"supported schedulers for {sampler}: {', '.join(supported)}")
+                f"supported schedulers for {sampler}: {', '.join(ksampler_schedulers(sampler))}")
+    return None
+
+
+def uses_sigma_loop(sampler: str, scheduler: str) -> bool:
+    """Whether KSampler runs the pair on the sigma loop: a sampler or schedule no diffusers scheduler has."""
+    return sampler not in SAMPLERS or scheduler not in SCHEDULERS
+
+
+def ksampler_schedulers(sampler: str) -> list[str]:
+    """The schedulers KSampler accepts with `sampler`."""
+    if sampler not in SAMPLERS:
+        return list(KSCHEDULER_NAMES)
+    extra = [s for s in KSCHEDULER_NAMES if s not in SCHEDULERS] if sampler in K_SAMPLERS else []
+    return supported_schedulers(sampler) + extra
+
+
+def combination_error(sampler: str, scheduler: str) -> str | None:
+    """Why KSampler cannot run a sampler/scheduler pair (at validation), or None."""
+    if sampler not in KSAMPLER_NAMES:
+        hint = " (ComfyUI has it; latentgraph does not implement it)" if sampler in NOT_IMPLEMENTED else ""
+        return f"unknown sampler {sampler!r}{hint}; supported: {', '.join(KSAMPLER_NAMES)}"
+    if scheduler not in KSCHEDULER_NAMES:
+        return f"unknown scheduler {scheduler!r}; supported: {', '.join(KSCHEDULER_NAMES)}"
+    if not uses_sigma_loop(sampler, scheduler):
+        return diffusers_error(sampler, scheduler)
+    if sampler not in K_SAMPLERS:
+        return (f"scheduler {scheduler} is not supported with sampler {sampler}; "
+                f"supported schedulers for {sampler}: {', '.join(ksampler_schedulers(sampler))}")
     return None
 
 
@@ -96,7 +133,7 @@ def make_scheduler(sampler: str, scheduler: str, base_config: dict[str, Any], se
     take a generator get the seeded one from the sampling loop instead.
     """
     import diffusers
-    error = combination_error(sampler, scheduler)
+    error = diffusers_error(sampler, scheduler)
     if error:
         raise ValueError(error)
     class_name, sampler_options = SAMPLERS[sampler]
