@@ -104,30 +104,38 @@ def sdxl_conditioning(text_l: str, text_g: str, clip_l: torch.nn.Module | None, 
 
 def sd3_conditioning(text: str, clip_l: torch.nn.Module | None, clip_g: torch.nn.Module | None,
                      t5: torch.nn.Module | None, t5_tokenizer, layer: int = -2, folders: Folders | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     text_g: str | None = None, text_t5: str | None = None, with_clip: bool = True,
+                     with_t5: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(context [1, 77k + 256, width], pooled [1, L + G projections]) for SD3's MMDiT.
 
     The context is as wide as T5 (or as CLIP-L + CLIP-G without T5); the denoiser zero-pads it to the MMDiT's
     joint attention width, which gives diffusers' context in both cases. A missing CLIP (CLIPLoader with one file)
     contributes zeros of its standard width, as in ComfyUI; with neither CLIP the context is T5's alone.
+
+    CLIPTextEncodeSD3 gives each encoder its prompt (`text` for CLIP-L, `text_g`, `text_t5`; both CLIPs take as
+    many chunks as the longer needs, the other padded with empty-prompt chunks, as ComfyUI pads its tokens) and
+    may leave out the CLIP part (pooled zeros) or the T5 part; with neither, the context is 77 zero tokens.
     """
-    encoders = [(clip_l, None, CLIP_L_WIDTH), (clip_g, "!", CLIP_G_WIDTH)]
-    present = [(e, pad) for e, pad, _ in encoders if e is not None]
-    chunks = max([chunk_count(text, pad, e.config.hidden_size, folders) for e, pad in present], default=1)
+    encoders = [(clip_l, None, CLIP_L_WIDTH, text), (clip_g, "!", CLIP_G_WIDTH, text if text_g is None else text_g)]
+    present = [(e, pad, prompt) for e, pad, _, prompt in encoders if e is not None]
+    chunks = max([chunk_count(prompt, pad, e.config.hidden_size, folders) for e, pad, prompt in present], default=1)
     hidden, pooled = [], []
-    for encoder, pad, width in encoders:
+    for encoder, pad, width, prompt in encoders:
         if encoder is None:
             hidden.append(torch.zeros(1, CLIP_TOKENS * chunks, width))
             pooled.append(torch.zeros(1, width))
         else:
-            out = encode_clip(text, encoder, pad, layer, folders, min_chunks=chunks)
+            out = encode_clip(prompt, encoder, pad, layer, folders, min_chunks=chunks)
             hidden.append(out.hidden)
             pooled.append(out.pooled)
     clip = torch.cat(hidden, dim=-1)
-    if t5 is None:
-        return torch.cat([clip, torch.zeros(1, T5_TOKENS, clip.shape[-1])], dim=-2), torch.cat(pooled, dim=-1)
-    t5_hidden = encode_t5(text, t5, t5_tokenizer)
-    if not present:
-        return t5_hidden, torch.cat(pooled, dim=-1)
-    clip = torch.nn.functional.pad(clip, (0, t5_hidden.shape[-1] - clip.shape[-1]))
-    return torch.cat([clip, t5_hidden], dim=-2), torch.cat(pooled, dim=-1)
+    pooled_all = torch.cat(pooled, dim=-1) if with_clip else torch.zeros_like(torch.cat(pooled, dim=-1))
+    parts = [clip] if with_clip and (present or t5 is None) else []
+    if with_t5:
+        parts.append(torch.zeros(1, T5_TOKENS, clip.shape[-1]) if t5 is None
+                     else encode_t5(text if text_t5 is None else text_t5, t5, t5_tokenizer))
+    width = int(t5.config.d_model) if t5 is not None else clip.shape[-1]
+    if not parts:
+        return torch.zeros(1, CLIP_TOKENS, width), pooled_all
+    parts = [torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in parts]
+    return torch.cat(parts, dim=-2), pooled_all

@@ -227,8 +227,9 @@ class MultiClipHandle:
     def missing(self, what: str) -> str:
         return f"this {self.family.name} CLIP lacks {what}; load the text encoders with {self.family.clip_loaders}"
 
-    def encode(self, text: str, folders: Folders | None = None, text_l: str | None = None,
+    def encode(self, text: str, folders: Folders | None = None, text_l: str | None = None, **per_encoder: Any,
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(context, pooled) for the family's denoiser; SDXL's `text_l` defaults to the same prompt."""
+        """(context, pooled) for the family's denoiser; SDXL's `text_l` defaults to the same prompt; `per_encoder`
+        options go to the family (SD3's per-encoder prompts of CLIPTextEncodeSD3)."""
         with self._all() as models:
-            return self.family.encode_text(self, models, text, folders, text_l)
+            return self.family.encode_text(self, models, text, folders, text_l, **per_encoder)

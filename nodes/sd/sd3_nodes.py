@@ -1,6 +1,6 @@
 """SD3 nodes and loaders for separate model files, with ComfyUI's names and inputs: 16-channel empty latents, the
-flow shift, the diffusion model alone (UNETLoader) and text encoders alone (CLIPLoader, DualCLIPLoader,
-TripleCLIPLoader)."""
+flow shift, per-encoder prompts (CLIPTextEncodeSD3), the diffusion model alone (UNETLoader) and text encoders alone
+(CLIPLoader, DualCLIPLoader, TripleCLIPLoader)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any, Literal
 import torch
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.node import Input, Node
-from latentgraph.engine.types import Model
+from latentgraph.engine.types import Clip, Model
 from latentgraph.nodes.pixel_budget import over_budget
 from latentgraph.nodes.sd.checkpoint import file_identity
-from latentgraph.nodes.sd.families import diffusion_model, family
+from latentgraph.nodes.sd.families import diffusion_model, family, sd3
 from latentgraph.nodes.sd.parts import FlowModelHandle, MultiClipHandle, find_t5_tokenizer, part, text_file_role
 from latentgraph.nodes.sd.services import model_manager
 
@@ -85,6 +85,31 @@ class ModelSamplingSD3(Node):
             raise ValueError(f"ModelSamplingSD3 applies to flow-matching models (SD3), not to a "
                              f"{getattr(getattr(self.model, 'family', None), 'name', '?')} model")
         return (self.model.with_shift(self.shift),)
+
+
+class CLIPTextEncodeSD3(Node):
+    """Encodes SD3 prompts with a prompt per text encoder (CLIP-L, CLIP-G, T5-XXL). With empty_padding "none" an
+    empty prompt leaves its part out, as in ComfyUI: both CLIP prompts empty, no CLIP tokens (and a zero pooled
+    vector); the T5 prompt empty, no T5 tokens. "empty_prompt" encodes empty prompts like any other."""
+
+    CATEGORY = "advanced/conditioning"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    clip: Clip
+    clip_l: str = Input("", multiline=True, dynamic_prompts=True)
+    clip_g: str = Input("", multiline=True, dynamic_prompts=True)
+    t5xxl: str = Input("", multiline=True, dynamic_prompts=True)
+    empty_padding: Literal["none", "empty_prompt"] = Input("none")
+
+    def execute(self, ctx: RunContext) -> tuple:
+        if not isinstance(self.clip, MultiClipHandle) or self.clip.family is not sd3.FAMILY:
+            found = getattr(getattr(self.clip, "family", None), "name", type(self.clip).__name__)
+            raise ValueError(f"CLIPTextEncodeSD3 needs the CLIP of an SD3 model, got a {found} CLIP")
+        pad = self.empty_padding != "none"
+        context, pooled = self.clip.encode(self.clip_l, ctx.env.folders, text_g=self.clip_g, text_t5=self.t5xxl,
+                                           with_clip=pad or bool(self.clip_l) or bool(self.clip_g),
+                                           with_t5=pad or bool(self.t5xxl))
+        return ([[context, {"pooled_output": pooled}]],)
 
 
 class UNETLoader(Node):

@@ -107,7 +107,11 @@ class SD3(BaseFamily):
                    pooled_projections=pooled).sample.float()
 
     def encode_text(self, clip: MultiClipHandle, models: dict[str, torch.nn.Module], text: str,
-                    folders: Folders | None, text_l: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+                    folders: Folders | None, text_l: str | None, text_g: str | None = None,
+                    text_t5: str | None = None, with_clip: bool = True, with_t5: bool = True,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`text` for every encoder, or (CLIPTextEncodeSD3) `text` for CLIP-L, `text_g` for CLIP-G and `text_t5`
+        for T5, with the CLIP or T5 part of the context left out (with_clip / with_t5 False)."""
         if not models:
             raise ValueError(clip.missing("text encoders"))
         t5 = models.get("t5")
@@ -119,7 +123,8 @@ class SD3(BaseFamily):
                     f"tokenizer.json (or spiece.model) in models/text_encoders/{T5_TOKENIZER_DIR}/, or leave T5 "
                     "out (DualCLIPLoader with CLIP-L and CLIP-G runs SD3 without it)")
             tokenizer = load_t5_tokenizer(clip.t5_tokenizer)
-        return sd3_conditioning(text, models.get("clip_l"), models.get("clip_g"), t5, tokenizer, clip.layer, folders)
+        return sd3_conditioning(text, models.get("clip_l"), models.get("clip_g"), t5, tokenizer, clip.layer, folders,
+                                text_g=text_g, text_t5=text_t5, with_clip=with_clip, with_t5=with_t5)
 
 
 FAMILY = SD3()
