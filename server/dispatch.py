@@ -173,14 +173,26 @@ class RayDispatcher:
         return hit
 
     def request_free(self, cache: bool, models: bool) -> None:
-        """Each worker frees after its running prompt; the routing view forgets what they held."""
+        """Each worker frees after its running prompt; the routing view forgets what they held at once, and takes
+        each worker's report once it has freed (unless a prompt is already running there: its end reports)."""
         for slot in self.slots:
             if slot.ready:
-                slot.actor.free.remote(cache, models)
+                freed = slot.actor.free.remote(cache, models)
                 if models:
                     slot.files.clear()
                 if cache:
                     slot.keys.clear()
+                threading.Thread(target=self._observe_free, args=(slot, freed), daemon=True,
+                                 name=f"latentgraph-ray-free-{slot.index}").start()
+
+    def _observe_free(self, slot: Slot, freed: Any) -> None:
+        try:
+            state = ray.get(freed, timeout=RESTART_WAIT_S)
+        except Exception as exc:  # lost meanwhile: its restart reports afresh
+            log.debug("worker %d did not report after freeing: %r", slot.index, exc)
+            return
+        if slot.item is None:
+            self.observe(slot, state)
 
     @property
     def current(self) -> Running | None:
@@ -329,6 +341,8 @@ class RayDispatcher:
                 if backlog[first] <= self.options.steal_backlog:
                     continue  # its worker will be free soon enough; no second copy of its models
                 target = max(candidates, key=by_keys)
+                log.info("worker %d takes prompt %s and loads its models too: %d prompts wait for worker %d",
+                         target.index, item.prompt_id, backlog[first], first)
             else:
                 target = max(candidates, key=by_keys)
             chosen.append((item, target))

@@ -32,7 +32,9 @@ class RayOptions:
     workers: int | None = None  # None: one per GPU of the cluster (one worker on a CPU-only cluster)
     threads_per_worker: int = 1  # torch threads (and Ray CPUs) of each CPU worker
     hang_timeout_s: float = 600.0  # a running prompt's worker silent this long is treated as dead
-    steal_backlog: int = 2  # prompts waiting for a busy worker's models before an idle worker loads them too
+    # prompts waiting for a busy worker's models before an idle worker loads them too: 2 let a worker slowed by
+    # its first prompt lose its checkpoint's queue after 3 prompts (8 alternating over 2 workers loaded a copy)
+    steal_backlog: int = 4
     shared_cache_bytes: int = 2 * 1024**3  # each shared cache tier's budget (object store, disk); 0: off
 
     def __post_init__(self) -> None:

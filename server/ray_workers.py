@@ -91,9 +91,11 @@ class ExecutionWorker:
         token.set()
         return True
 
-    def free(self, cache: bool, models: bool) -> None:
+    def free(self, cache: bool, models: bool) -> dict[str, Any]:
+        """Frees after the running prompt; the state afterwards, so that /workers and routing see it."""
         with self._run_lock:
             self.executor.free(cache=cache, models=models)
+            return self.state()
 
     def run(self, prompt: dict[str, Any], prompt_id: str, outputs: list[str] | None,
             extra_data: dict[str, Any]) -> Iterator[tuple[Any, ...]]:

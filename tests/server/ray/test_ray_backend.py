@@ -159,6 +159,13 @@ async def test_events_reach_only_the_queuing_client_in_comfyui_order(server: Thr
 
 async def test_two_checkpoints_alternating_are_each_loaded_once_on_one_worker(server: ThreadedServer) -> None:
     async with aiohttp.ClientSession() as session:
+        # both workers start empty, whatever earlier tests left: each freed worker reports back to /workers
+        async with session.post(server.url + "/free", json={"unload_models": True, "free_memory": True}) as answer:
+            assert answer.status == 200
+        deadline = time.monotonic() + 60
+        while any(worker["models"] or worker["cache_entries"] for worker in get(server, "/workers")["workers"]):
+            assert time.monotonic() < deadline, get(server, "/workers")
+            await asyncio.sleep(0.1)
         ws = await socket(session, server, "affinity")
         ids = [await queue(session, server, txt2img(steps=2, seed=100 + i, ckpt=(DEMO, COPY)[i % 2]), "affinity")
                for i in range(8)]
