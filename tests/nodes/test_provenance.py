@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import diffusers
@@ -17,6 +18,7 @@ import torch
 from latentgraph.cli.main import main
 from latentgraph.nodes.provenance import PNG_KEY, ModelHashes
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -164,3 +166,38 @@ def test_the_same_prompt_gives_the_same_png_bytes_after_a_server_restart(tmp_pat
         finally:
             server.stop()
     assert len(pngs) == 2 and pngs[0] == pngs[1]
+
+
+def test_a_different_environment_is_named_in_warnings_and_strict_refuses(base: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A record from another machine (other torch, a GPU) is told apart field by field."""
+    png = first_image(base, capsys)
+    assert record_of(png)["environment"]["latentgraph"] == version("latentgraph")
+    with Image.open(png) as image:
+        text = dict(image.text)
+        other = json.loads(text[PNG_KEY])
+        other["environment"].update(torch="1.13.1", device="cuda: NVIDIA A100-SXM4-80GB", dtype="float16")
+        text[PNG_KEY] = json.dumps(other)
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+        image.save(base / "elsewhere.png", pnginfo=info)
+    code, _, err = run(base, base / "elsewhere.png", "--quiet", *FAST[-2:], capsys=capsys)
+    assert code == 0, err
+    here = record_of(png)["environment"]
+    assert f"warning: torch: the image was made with 1.13.1, this run has {torch.__version__}" in err
+    assert f"warning: device: the image was made with cuda: NVIDIA A100-SXM4-80GB, this run has {here['device']}" in err
+    assert "warning: dtype: the image was made with float16, this run has float32" in err
+    assert "diffusers" not in err and "latentgraph:" not in err
+    code, _, err = run(base, base / "elsewhere.png", "--strict", "--quiet", capsys=capsys)
+    assert code == 2 and "error: torch" in err and "nothing was run" in err
+
+
+def test_a_lora_is_recorded_by_its_hash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(tmp_path, ROOT / "workflows" / "lora.json", *FAST, capsys=capsys)
+    assert code == 0, err
+    lora = ROOT / "nodes" / "sd" / "assets" / "loras" / "latentgraph-demo-style.safetensors"
+    assert record_of(Path(out.strip()))["models"] == {
+        "checkpoints/latentgraph-demo.safetensors": hashlib.sha256(DEMO.read_bytes()).hexdigest(),
+        "loras/latentgraph-demo-style.safetensors": hashlib.sha256(lora.read_bytes()).hexdigest(),
+    }
