@@ -11,6 +11,7 @@ without one means the actor died; the dispatcher (server/dispatch.py) reads it t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -31,6 +32,7 @@ from latentgraph.nodes import load_registry, make_environment
 from latentgraph.nodes.memory_probe import install_memory_probe
 from latentgraph.nodes.workflow_nodes import register_workflow_nodes
 from latentgraph.server.shared_cache import SHARED_DIR, DiskTier, TieredCache, portable_keys, shared_index
+from latentgraph.server.worker import WORKFLOWS_DIR
 from latentgraph.server.worker_state import held_state
 from PIL import Image
 
@@ -74,6 +76,27 @@ class ExecutionWorker:
         self._run_lock = threading.Lock()  # one prompt at a time; `free` waits for it
         self.current: str | None = None
         self.prompts_done = 0
+        self._warmed = threading.Event()  # runs wait for it: diffusers' lazy imports fail when two threads race
+        threading.Thread(target=self._warm_up, name="latentgraph-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """The in-process worker's warm-up (server/worker.py), in the background of each fresh actor: validating
+        the shipped workflows imports what node checks import lazily (diffusers' schedulers, ~10 s). Left to the
+        first prompt, it made a fresh or restarted worker so slow that the dispatcher gave its checkpoint's queue
+        to the other worker, which then loaded a second copy."""
+        try:
+            self.executor.registry.object_info(self.executor.env)
+            for path in sorted(WORKFLOWS_DIR.glob("*.json")) if WORKFLOWS_DIR.is_dir() else []:
+                try:
+                    prompt = json.loads(path.read_text(encoding="utf-8"))
+                    if isinstance(prompt, dict) and "nodes" not in prompt:
+                        self.executor.validate(prompt)
+                except Exception as exc:  # a warm-up failure is no worker failure: the first prompt does the work
+                    log.debug("warm-up validation of %s failed: %r", path.name, exc)
+        except Exception as exc:
+            log.warning("warm-up failed: %r", exc)
+        finally:
+            self._warmed.set()
 
     def pid(self) -> int:
         return os.getpid()
@@ -113,6 +136,7 @@ class ExecutionWorker:
             events.put(("event", event, data))
 
         def work() -> None:
+            self._warmed.wait()
             try:
                 self.cache.bind(portable_keys(self.executor, prompt, outputs))
                 result = self.executor.run(prompt, prompt_id=prompt_id, outputs=outputs, sink=sink,
