@@ -47,6 +47,23 @@ def apply_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """`--compile [BACKEND]` for run and serve: a bare `--compile` means inductor, the backend every device has."""
+    parser.add_argument(
+        "--compile", nargs="?", const="inductor", default=None, choices=["inductor", "cudagraphs"],
+        metavar="BACKEND",
+        help="run every model's denoiser through torch.compile (BACKEND inductor, the default, or cudagraphs); "
+             "compiled graphs are cached under BASE_DIR/cache/compile, so only the first run of a size pays for "
+             "compiling (default: $LATENTGRAPH_COMPILE, else eager)",
+    )
+
+
+def apply_compile(backend: str | None) -> None:
+    """Through the environment variable the SD runtime reads, so that worker processes inherit the choice."""
+    if backend is not None:
+        os.environ["LATENTGRAPH_COMPILE"] = backend
+
+
 def make_executor(base_dir: Path) -> Executor:
     env = make_environment(base_dir)
     install_memory_probe(env)  # names the device as the server does, so timings recorded there are found here

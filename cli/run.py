@@ -14,7 +14,9 @@ from latentgraph.cli.common import (
     EXIT_OK,
     WorkflowFileError,
     add_base_dir_argument,
+    add_compile_argument,
     add_threads_argument,
+    apply_compile,
     apply_threads,
     make_executor,
 )
@@ -53,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "differs from what the image records, instead of warning")
     add_base_dir_argument(parser)
     add_threads_argument(parser)
+    add_compile_argument(parser)
     add_workflows_dir_argument(parser)
     parser.set_defaults(func=run_command)
 
@@ -137,6 +140,7 @@ def check_reproduction(args: argparse.Namespace, executor: Executor, prompt: dic
 
 def run_command(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
+    apply_compile(args.compile)
     executor = make_executor(args.base_dir)
     try:
         prompt, graph, outputs = load_for_run(args, executor, apply_override)

@@ -6,7 +6,13 @@ import argparse
 import importlib.util
 import logging
 
-from latentgraph.cli.common import add_base_dir_argument, add_threads_argument, apply_threads
+from latentgraph.cli.common import (
+    add_base_dir_argument,
+    add_compile_argument,
+    add_threads_argument,
+    apply_compile,
+    apply_threads,
+)
 from latentgraph.server.options import DEFAULT_PORT, TOKEN_ENV, RayOptions, ServerOptions, is_loopback
 
 
@@ -18,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_base_dir_argument(parser)
     add_threads_argument(parser)
+    add_compile_argument(parser)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     parser.add_argument("--listen", metavar="ADDRESS", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1); any other address exposes the server to "
@@ -50,6 +57,7 @@ def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     apply_threads(args.threads)
+    apply_compile(args.compile)
     if args.history_limit < 1:
         print("error: --history-limit must be at least 1")
         return 2

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("inductor", "cudagraphs")
 CACHE_FOLDER = Path("cache") / "compile"
+COMPILE_ENV = "LATENTGRAPH_COMPILE"
 # Different instances of one architecture (two checkpoints, a reload after /free) each add a dynamo cache entry on
 # the same forward code; torch's default of 8 would silently turn later ones eager.
 RECOMPILE_LIMIT = 64
@@ -67,8 +69,17 @@ class CompileDefaults:
         self.options = options
 
 
+def options_from_environment() -> CompileOptions | None:
+    """`LATENTGRAPH_COMPILE` (a backend name, or 1/on for inductor; set by `--compile`, inherited by worker
+    processes), else None. An unknown name raises, naming the backends."""
+    backend = os.environ.get(COMPILE_ENV, "").strip().lower()
+    if backend in ("", "0", "off", "no", "false", "eager"):
+        return None
+    return CompileOptions(backend="inductor" if backend in ("1", "on", "yes", "true") else backend)
+
+
 def compile_defaults(env: Environment) -> CompileDefaults:
-    return env.service(CompileDefaults, lambda _env: CompileDefaults())
+    return env.service(CompileDefaults, lambda _env: CompileDefaults(options_from_environment()))
 
 
 def set_default_compile(env: Environment, options: CompileOptions | None) -> None:
