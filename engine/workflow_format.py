@@ -159,8 +159,8 @@ def widgets_to_inputs(
     if isinstance(values, dict):
         return dict(values)
     values = list(values or [])
-    if not values:
-        return {}
+    if not values or not _widget_slots(info):
+        return {}  # a node that declares no widgets: its values are the editor's own display widgets (PreviewAny's)
     layouts = [
         _widget_slots(info),
         _widget_slots(info, skip=linked_widgets),

@@ -23,6 +23,7 @@ BUILTIN_MODULES = [
     "latentgraph.nodes.mask_nodes",
     "latentgraph.nodes.latent_op_nodes",
     "latentgraph.nodes.primitive_nodes",
+    "latentgraph.nodes.utility_nodes",
     "latentgraph.nodes.animated_nodes",
     "latentgraph.nodes.workflow_nodes",
     "latentgraph.nodes.sd.loader_nodes",

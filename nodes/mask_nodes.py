@@ -7,15 +7,16 @@ arithmetic are ComfyUI's (nodes.py and comfy_extras/nodes_mask.py), so shared wo
 from __future__ import annotations
 
 import hashlib
+import uuid
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from latentgraph.engine.context import Environment, RunContext
-from latentgraph.engine.node import Input, Node
+from latentgraph.engine.node import Hidden, Input, Node, NodeOutput
 from latentgraph.engine.types import Image, Mask
-from latentgraph.nodes.image_nodes import _input_path, list_input_images
+from latentgraph.nodes.image_nodes import _input_path, list_input_images, save_images
 from PIL import Image as PILImage
 from PIL import ImageOps
 
@@ -66,6 +67,25 @@ class MaskToImage(Node):
 
     def execute(self, ctx: RunContext) -> tuple:
         return (as_batch(self.mask).unsqueeze(-1).expand(-1, -1, -1, 3),)
+
+
+class MaskPreview(Node):
+    """Shows masks as grey images without keeping them (the temp folder), as PreviewImage shows images: a mask is
+    checked by eye along a chain of mask nodes."""
+
+    CATEGORY = "mask"
+    DISPLAY_NAME = "Preview Mask"
+    OUTPUT_NODE = True
+
+    mask: Mask
+    prompt: dict | None = Hidden("PROMPT")
+    extra_pnginfo: dict | None = Hidden("EXTRA_PNGINFO")
+
+    def execute(self, ctx: RunContext) -> NodeOutput:
+        grey = as_batch(self.mask).unsqueeze(-1).expand(-1, -1, -1, 3)
+        saved = save_images(grey, ctx.env.folders.temp_dir, f"mask_preview_{uuid.uuid4().hex[:8]}", "temp",
+                            self.prompt, self.extra_pnginfo)
+        return NodeOutput(ui={"images": saved})
 
 
 class ImageToMask(Node):

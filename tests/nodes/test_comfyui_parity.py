@@ -180,6 +180,11 @@ COMFYUI = {
         "end_percent": f(1.0, 0.0, 1.0, 0.001)}, {"vae": "VAE"}),
     "Canny": ("image/preprocessors", None, [IMAGE], {
         "image": IMAGE, "low_threshold": f(0.4, 0.01, 0.99, 0.01), "high_threshold": f(0.8, 0.01, 0.99, 0.01)}, {}),
+    # comfy_extras/nodes_mask.py, nodes_preview_any.py, nodes_number_convert.py; display names as the editor's
+    # English node definitions (comfyui-frontend-package) give them
+    "MaskPreview": ("mask", "Preview Mask", [], {"mask": MASK}, {}),
+    "PreviewAny": ("utilities", "Preview as Text", ["STRING"], {"source": "*"}, {}),
+    "ComfyNumberConvert": ("math", "Convert Number", ["FLOAT", "INT"], {"value": "INT,FLOAT,STRING,BOOLEAN"}, {}),
     # display names of nodes that existed before, from ComfyUI's NODE_DISPLAY_NAME_MAPPINGS
     "SaveImage": ("image", "Save Image", [], {"images": IMAGE, "filename_prefix": None}, {}),
     "PreviewImage": ("image", "Preview Image", [], {"images": IMAGE}, {}),

@@ -18,6 +18,7 @@ from latentgraph.nodes.mask_nodes import (
     InvertMask,
     LoadImageMask,
     MaskComposite,
+    MaskPreview,
     MaskToImage,
     SolidMask,
     ThresholdMask,
@@ -131,3 +132,26 @@ def test_image_color_to_mask_marks_the_exact_colour_with_255():
     expected = np.zeros((1, 2, 3), dtype=np.float32)
     expected[0, 0, 1] = 255.0
     np.testing.assert_array_equal(mask.numpy(), expected)
+
+
+def test_mask_preview_writes_each_mask_as_a_grey_temp_png(tmp_path):
+    """ComfyUI's MaskPreview saves mask[b] as an RGB image with the mask in all three channels, quantised as
+    SaveImage does (clip(255 * x) truncated), in the temp folder; a [H,W] mask is a batch of one."""
+    env = make_environment(tmp_path)
+    ctx = RunContext(env=env, node_id="1", prompt_id="p", prompt={}, extra_data={}, interrupt=InterruptToken(),
+                     sink=lambda event, data: None)
+    masks = rand_mask(h=6, w=5, seed=3, batch=2)
+    result = MaskPreview(mask=masks).execute(ctx)
+    saved = result.ui["images"]
+    assert [entry["type"] for entry in saved] == ["temp", "temp"]
+    for entry, mask in zip(saved, masks):
+        with Image.open(env.folders.temp_dir / entry["subfolder"] / entry["filename"]) as png:
+            assert png.mode == "RGB"
+            pixels = np.asarray(png)
+        expected = np.clip(255.0 * mask.numpy(), 0, 255).astype(np.uint8)
+        for channel in range(3):
+            np.testing.assert_array_equal(pixels[..., channel], expected)
+    (single,) = MaskPreview(mask=masks[0]).execute(ctx).ui["images"]
+    with Image.open(env.folders.temp_dir / single["subfolder"] / single["filename"]) as png:
+        assert png.size == (5, 6)
+    assert not list(env.folders.output_dir.glob("*.png"))  # previews are not kept with the outputs
