@@ -16,11 +16,13 @@ import pytest
 import torch
 from latentgraph.engine import executor as executor_module
 from latentgraph.engine.context import Environment, RunContext
-from latentgraph.engine.executor import Executor
+from latentgraph.engine.executor import REASON_EVENT, Executor
 from latentgraph.engine.node import Input, Node
 from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, _lowest_bits, validate
 
 from tests.engine.cheap_nodes import cheap_registry
+from tests.engine.test_cache import registry_with, scale_workflow, versioned
+from tests.engine.test_executor_contract import Witness
 from tests.engine.test_validate_messages import registry as choice_registry
 
 # --- the lowest set bits of a big int -----------------------------------------------------------------------------
@@ -123,3 +125,124 @@ def test_a_node_takes_the_pixels_of_its_sized_parent_whichever_input_it_is(tmp_p
         assert result.status == "success"
         pixels = {node: report["pixels"] for node, report in result.nodes.items()}
         assert pixels == {"canvas": 240, "number": None, "mix": 240, "out": 240}
+
+
+class NoisyCanvas(Node):
+    """Not deterministic, yet sized: its pixels are reported like any other node's."""
+
+    RETURN_TYPES = ("NUMBER",)
+    DETERMINISTIC = False
+    width: int = Input(8, ge=1, le=4096)
+    height: int = Input(8, ge=1, le=4096)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return (torch.rand(1),)
+
+
+def test_a_volatile_nodes_report_names_its_class_and_pixels(tmp_path) -> None:
+    registry = cheap_registry()
+    registry.register(NoisyCanvas)
+    prompt = {"n": {"class_type": "NoisyCanvas", "inputs": {"width": 6, "height": 5}},
+              "o": {"class_type": "Show", "inputs": {"value": ["n", 0]}}}
+    nodes = Executor(registry, Environment(tmp_path)).run(prompt).nodes
+    assert {node: (r["class_type"], r["pixels"], r["key"]) for node, r in nodes.items()} == \
+        {"n": ("NoisyCanvas", 30, None), "o": ("Show", 30, None)}
+
+
+# --- cached nodes: their reports and what their records keep ----------------------------------------------------
+
+
+def test_a_cached_nodes_report_names_its_class_and_the_bytes_it_holds(tmp_path) -> None:
+    executor = Executor(cheap_registry(), Environment(tmp_path))
+    executor.run(_show("a", "sa", 1))
+    result = executor.run({"a": {"class_type": "Source", "inputs": {"value": 1}},
+                           "c": {"class_type": "Chain", "inputs": {"a": ["a", 0], "k": 2}},
+                           "sc": {"class_type": "Show", "inputs": {"value": ["c", 0]}}})
+    report = result.nodes["a"]
+    # a one-element float32 tensor in a 1-tuple, no UI: 64 (tuple) + 4 + 64 (None), as test_cache.py counts
+    assert (report["class_type"], report["status"], report["cache_bytes"]) == ("Source", "cached", 64 + 4 + 64)
+    assert report["key"] == executor.records["a"].key[:16]
+
+
+def test_a_cached_node_keeps_the_input_shapes_measured_when_it_ran(tmp_path) -> None:
+    """A class's first run is probed and records its input shapes; when the node is later a cache hit, its record
+    still has them (estimates match timings by shapes)."""
+    executor = Executor(cheap_registry(), Environment(tmp_path))
+    chain = {"a": {"class_type": "Source", "inputs": {"value": 1, "size": 3}},
+             "c": {"class_type": "Chain", "inputs": {"a": ["a", 0], "k": 2}}}
+    executor.run({**chain, "o": {"class_type": "Show", "inputs": {"value": ["c", 0]}}})
+    shapes = executor.records["c"].shapes
+    assert shapes == "a=3"
+    result = executor.run({**chain, "m": {"class_type": "Combine", "inputs": {"a": ["c", 0], "k": 5}},
+                           "o": {"class_type": "Show", "inputs": {"value": ["m", 0]}}})
+    assert "c" in result.cached
+    assert executor.records["c"].shapes == shapes
+
+
+def test_a_cached_node_evicted_later_is_told_as_evicted_not_freed(tmp_path) -> None:
+    """Records of cache hits carry the cache generation too: after an eviction (no free) the reason is
+    `evicted`. Budget: 2 Source entries of 132 bytes (64 + 4 + 64); Show entries are larger and never kept."""
+    executor = Executor(cheap_registry(), Environment(tmp_path), cache_bytes=2 * 132)
+    executor.run(_show("a", "sa", 1))  # keeps a
+    executor.run({"a": {"class_type": "Source", "inputs": {"value": 1}},  # a is a hit: its record is renewed
+                  "b": {"class_type": "Source", "inputs": {"value": 2}},  # keeps b
+                  "m": {"class_type": "Combine", "inputs": {"a": ["a", 0], "b": ["b", 0]}},  # evicts a
+                  "sm": {"class_type": "Show", "inputs": {"value": ["m", 0]}}})
+    reason = executor.run(_show("a", "sa", 1)).nodes["a"]["reason"]
+    assert reason["kind"] == "evicted"
+
+
+def test_volatile_nodes_are_not_looked_up_in_the_cache(tmp_path) -> None:
+    """A non-deterministic node's result is never stored, so looking it up would only count a miss."""
+    executor = Executor(cheap_registry(), Environment(tmp_path))
+    executor.run({"r": {"class_type": "Random", "inputs": {}},
+                  "o": {"class_type": "Show", "inputs": {"value": ["r", 0]}}})
+    assert (executor.cache.hits, executor.cache.misses) == (0, 0)
+    executor.run(_show("a", "sa", 1))  # deterministic nodes are looked up: two misses
+    assert (executor.cache.hits, executor.cache.misses) == (0, 2)
+
+
+def test_a_node_upgrade_is_named_in_the_reason(tmp_path) -> None:
+    executor = Executor(registry_with(versioned(1, 0)), Environment(tmp_path))
+    executor.run(scale_workflow())
+    executor.registry = registry_with(versioned(2, 1000))
+    reason = executor.run(scale_workflow()).nodes["m"]["reason"]
+    assert reason["kind"] == "changed"
+    assert reason["changes"] == [{"type": "version", "old": 1, "new": 2, "text": "node version 1 -> 2"}]
+
+
+# --- what the run hands to nodes and keeps in its messages -------------------------------------------------------
+
+
+class Previewing(Node):
+    """An output node that sends a preview, as a sampler does at each step."""
+
+    OUTPUT_NODE = True
+    value: Any = Input(None, optional=True)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        ctx.preview("an image")
+        return ()
+
+
+def test_previews_reach_the_sink_but_not_the_kept_messages(tmp_path) -> None:
+    registry = cheap_registry()
+    registry.register(Previewing)
+    events: list[str] = []
+    result = Executor(registry, Environment(tmp_path)).run({"p": {"class_type": "Previewing", "inputs": {}}},
+                                                           sink=lambda event, data: events.append(event))
+    assert "preview" in events
+    assert "preview" not in [event for event, _ in result.messages]
+    assert [event for event, _ in result.messages] == [e for e in events if e not in ("preview", REASON_EVENT)]
+
+
+def test_the_prompt_input_carries_each_nodes_meta_under_its_json_name(tmp_path) -> None:
+    """ComfyUI's hidden PROMPT is the workflow as sent: `_meta`, not the model's field name `meta`."""
+    Witness.seen.clear()
+    prompt = {"s": {"class_type": "Source", "inputs": {"value": 4}, "_meta": {"title": "Four"}},
+              "w7": {"class_type": "Witness", "inputs": {"value": ["s", 0]}}}
+    registry = cheap_registry()
+    registry.register(Witness)
+    Executor(registry, Environment(tmp_path)).run(prompt)
+    (seen,) = Witness.seen
+    assert seen["prompt"]["s"] == {"class_type": "Source", "inputs": {"value": 4}, "_meta": {"title": "Four"}}
