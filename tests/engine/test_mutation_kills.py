@@ -246,3 +246,34 @@ def test_the_prompt_input_carries_each_nodes_meta_under_its_json_name(tmp_path) 
     Executor(registry, Environment(tmp_path)).run(prompt)
     (seen,) = Witness.seen
     assert seen["prompt"]["s"] == {"class_type": "Source", "inputs": {"value": 4}, "_meta": {"title": "Four"}}
+
+
+# --- a ran node's report: wall time and bytes held ----------------------------------------------------------------
+
+
+def test_wall_time_is_in_milliseconds_to_the_microsecond(tmp_path) -> None:
+    """Slow sleeps 3 x 10 ms: its wall time is at least 30 ms and far below the clock's absolute reading; every
+    time is rounded to 3 decimals, and with six nodes at least one has a fraction of a millisecond."""
+    prompt: dict[str, Any] = {"slow": {"class_type": "Slow", "inputs": {"steps": 3}},
+                              "o": {"class_type": "Show", "inputs": {"value": ["slow", 0]}}}
+    for i in range(4):
+        prompt[f"s{i}"] = {"class_type": "Source", "inputs": {"value": i}}
+        prompt[f"o{i}"] = {"class_type": "Show", "inputs": {"value": [f"s{i}", 0]}}
+    nodes = Executor(cheap_registry(), Environment(tmp_path)).run(prompt).nodes
+    times = [report["wall_ms"] for report in nodes.values()]
+    assert 30 <= nodes["slow"]["wall_ms"] < 10_000
+    assert all(t == round(t, 3) for t in times)
+    assert any(t != int(t) for t in times)
+
+
+def test_nodes_whose_results_are_not_kept_hold_no_bytes(tmp_path) -> None:
+    """A volatile node's result and one larger than the budget are not in the cache: 0 bytes held."""
+    registry = cheap_registry()
+    registry.register(NoisyCanvas)
+    tiny = Executor(registry, Environment(tmp_path), cache_bytes=100)  # below any entry (132 bytes at least)
+    nodes = tiny.run({"n": {"class_type": "NoisyCanvas", "inputs": {}},
+                      "s": {"class_type": "Source", "inputs": {"value": 1}},
+                      "m": {"class_type": "Combine", "inputs": {"a": ["n", 0], "b": ["s", 0]}},
+                      "o": {"class_type": "Show", "inputs": {"value": ["m", 0]}}}).nodes
+    assert {node: r["cache_bytes"] for node, r in nodes.items()} == {"n": 0, "s": 0, "m": 0, "o": 0}
+    assert len(tiny.cache) == 0
