@@ -43,6 +43,7 @@ class SaveAnimatedWEBP(Node):
     """Saves the images as one animated WebP in the output folder."""
 
     CATEGORY = "image/animation"
+    DISPLAY_NAME = "Save Animated WEBP"
     OUTPUT_NODE = True
 
     images: Image
@@ -72,6 +73,7 @@ class SaveAnimatedPNG(Node):
     """Saves the images as one animated PNG in the output folder."""
 
     CATEGORY = "image/animation"
+    DISPLAY_NAME = "Save Animated PNG"
     OUTPUT_NODE = True
 
     images: Image

@@ -43,7 +43,7 @@ class ImageCrop(Node):
     """Cuts a rectangle out of images; a corner past the edge moves onto the last row or column."""
 
     CATEGORY = "image/transform"
-    DISPLAY_NAME = "Image Crop"
+    DISPLAY_NAME = "Crop Image (DEPRECATED)"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image
@@ -114,6 +114,7 @@ class ImageCompositeMasked(Node):
     """Pastes one image into another at (x, y), through an optional mask (1 = source)."""
 
     CATEGORY = "image"
+    DISPLAY_NAME = "Image Composite Masked"
     RETURN_TYPES = ("IMAGE",)
 
     destination: Image
@@ -153,7 +154,7 @@ class ImageBlend(Node):
     """Blends image2 over image1 by a mode, mixed in by blend_factor; image2 is resized to image1 if needed."""
 
     CATEGORY = "image/postprocessing"
-    DISPLAY_NAME = "Image Blend"
+    DISPLAY_NAME = "Blend Images"
     RETURN_TYPES = ("IMAGE",)
 
     image1: Image
@@ -190,7 +191,7 @@ class ImageBlur(Node):
     """Gaussian blur over a (2 * blur_radius + 1) square."""
 
     CATEGORY = "image/postprocessing"
-    DISPLAY_NAME = "Image Blur"
+    DISPLAY_NAME = "Blur Image"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image
@@ -205,7 +206,7 @@ class ImageSharpen(Node):
     """Unsharp masking: the image minus alpha * 10 times its Gaussian blur, renormalised, clamped to 0..1."""
 
     CATEGORY = "image/postprocessing"
-    DISPLAY_NAME = "Image Sharpen"
+    DISPLAY_NAME = "Sharpen Image"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image
@@ -224,6 +225,7 @@ class EmptyImage(Node):
     """A batch of images of one colour, given as 0xRRGGBB."""
 
     CATEGORY = "image"
+    DISPLAY_NAME = "Empty Image"
     RETURN_TYPES = ("IMAGE",)
 
     width: int = Input(512, ge=1, le=MAX_RESOLUTION, step=1)
@@ -240,6 +242,7 @@ class RepeatImageBatch(Node):
     """Repeats an image batch `amount` times."""
 
     CATEGORY = "image/batch"
+    DISPLAY_NAME = "Repeat Image Batch"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image
@@ -253,6 +256,7 @@ class ImageFromBatch(Node):
     """Takes `length` images from a batch starting at `batch_index` (both clamped to the batch)."""
 
     CATEGORY = "image/batch"
+    DISPLAY_NAME = "Get Image from Batch"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image

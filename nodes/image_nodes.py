@@ -193,7 +193,7 @@ class ImageInvert(Node):
     """Inverts colours (1 - value)."""
 
     CATEGORY = "image"
-    DISPLAY_NAME = "Invert Image"
+    DISPLAY_NAME = "Invert Image Colors"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image
@@ -206,7 +206,7 @@ class ImageBatch(Node):
     """Joins two image batches; the second is resized to the first's size when they differ."""
 
     CATEGORY = "image"
-    DISPLAY_NAME = "Batch Images"
+    DISPLAY_NAME = "Batch Images (DEPRECATED)"
     RETURN_TYPES = ("IMAGE",)
 
     image1: Image

@@ -123,6 +123,7 @@ class LatentCompositeMasked(Node):
     """Pastes one latent into another at a position in pixels, through an optional mask (1 = source)."""
 
     CATEGORY = "latent"
+    DISPLAY_NAME = "Latent Composite Masked"
     RETURN_TYPES = ("LATENT",)
 
     destination: Latent
@@ -213,7 +214,7 @@ class LatentFromBatch(Node):
     """Takes `length` latents from a batch starting at `batch_index`; they keep their noise (batch_index)."""
 
     CATEGORY = "latent/batch"
-    DISPLAY_NAME = "Latent From Batch"
+    DISPLAY_NAME = "Get Latent From Batch"
     RETURN_TYPES = ("LATENT",)
 
     samples: Latent
@@ -264,6 +265,7 @@ class LatentBatch(Node):
     """Joins two latent batches; the second is resized to the first's size when they differ."""
 
     CATEGORY = "latent/batch"
+    DISPLAY_NAME = "Batch Latents (DEPRECATED)"
     RETURN_TYPES = ("LATENT",)
 
     samples1: Latent
@@ -396,6 +398,7 @@ class SaveLatent(Node):
     """Saves latents as a `.latent` (safetensors) file in the output folder, with the workflow as metadata."""
 
     CATEGORY = "_for_testing"
+    DISPLAY_NAME = "Save Latent"
     OUTPUT_NODE = True
 
     samples: Latent
@@ -425,6 +428,7 @@ class LoadLatent(Node):
     """Loads a `.latent` file from the input folder (older, scaled files are unscaled)."""
 
     CATEGORY = "_for_testing"
+    DISPLAY_NAME = "Load Latent"
     RETURN_TYPES = ("LATENT",)
 
     latent: str = Input(choices=list_input_latents)

@@ -109,6 +109,7 @@ class SolidMask(Node):
     """A mask of one value everywhere."""
 
     CATEGORY = "mask"
+    DISPLAY_NAME = "Create Solid Mask"
     RETURN_TYPES = ("MASK",)
 
     value: float = Input(1.0, ge=0.0, le=1.0, step=0.01)
@@ -123,6 +124,7 @@ class InvertMask(Node):
     """1 - mask."""
 
     CATEGORY = "mask"
+    DISPLAY_NAME = "Invert Mask"
     RETURN_TYPES = ("MASK",)
 
     mask: Mask
@@ -135,6 +137,7 @@ class CropMask(Node):
     """Cuts a rectangle out of a mask."""
 
     CATEGORY = "mask"
+    DISPLAY_NAME = "Crop Mask"
     RETURN_TYPES = ("MASK",)
 
     mask: Mask
@@ -151,6 +154,7 @@ class ThresholdMask(Node):
     """1 where the mask is above the value, else 0."""
 
     CATEGORY = "mask"
+    DISPLAY_NAME = "Threshold Mask"
     RETURN_TYPES = ("MASK",)
 
     mask: Mask
@@ -167,6 +171,7 @@ class MaskComposite(Node):
     """
 
     CATEGORY = "mask"
+    DISPLAY_NAME = "Combine Masks"
     RETURN_TYPES = ("MASK",)
 
     destination: Mask
@@ -206,6 +211,7 @@ class FeatherMask(Node):
     """
 
     CATEGORY = "mask"
+    DISPLAY_NAME = "Feather Mask"
     RETURN_TYPES = ("MASK",)
 
     mask: Mask
@@ -251,6 +257,7 @@ class GrowMask(Node):
     """
 
     CATEGORY = "mask"
+    DISPLAY_NAME = "Grow Mask"
     RETURN_TYPES = ("MASK",)
 
     mask: Mask
@@ -273,6 +280,7 @@ class ImageColorToMask(Node):
     """
 
     CATEGORY = "mask"
+    DISPLAY_NAME = "Convert Image Color to Mask"
     RETURN_TYPES = ("MASK",)
 
     image: Image

@@ -78,6 +78,7 @@ class Canny(Node):
     """Canny edge detection, the hint of Canny ControlNets: white edges on black, as an RGB image."""
 
     CATEGORY = "image/preprocessors"
+    DISPLAY_NAME = "Detect Edges (Canny)"
     RETURN_TYPES = ("IMAGE",)
 
     image: Image

@@ -17,7 +17,7 @@ class PrimitiveString(Node):
     """A string value."""
 
     CATEGORY = "utils/primitive"
-    DISPLAY_NAME = "String"
+    DISPLAY_NAME = "Text"
     RETURN_TYPES = ("STRING",)
 
     value: str = Input()
@@ -30,7 +30,7 @@ class PrimitiveStringMultiline(Node):
     """A string value edited in a multi-line box."""
 
     CATEGORY = "utils/primitive"
-    DISPLAY_NAME = "String (Multiline)"
+    DISPLAY_NAME = "Text (Multiline)"
     RETURN_TYPES = ("STRING",)
 
     value: str = Input(multiline=True)

@@ -38,6 +38,7 @@ class ConditioningZeroOut(Node):
     """Replaces the embeddings (and pooled output) with zeros: the "empty" conditioning SD3 and Turbo use."""
 
     CATEGORY = "advanced/conditioning"
+    DISPLAY_NAME = "Conditioning Zero Out"
     RETURN_TYPES = ("CONDITIONING",)
 
     conditioning: Conditioning
@@ -78,6 +79,7 @@ class ConditioningAverage(Node):
     """
 
     CATEGORY = "conditioning"
+    DISPLAY_NAME = "Conditioning (Average)"
     RETURN_TYPES = ("CONDITIONING",)
 
     conditioning_to: Conditioning
@@ -110,6 +112,7 @@ class ConditioningSetAreaStrength(Node):
     """Sets the weight of this conditioning when the sampler averages it with others."""
 
     CATEGORY = "conditioning"
+    DISPLAY_NAME = "Conditioning (Set Area Strength)"
     RETURN_TYPES = ("CONDITIONING",)
 
     conditioning: Conditioning

@@ -147,7 +147,7 @@ class ControlNetApply(Node):
     that have no ControlNet of their own."""
 
     CATEGORY = "conditioning/controlnet"
-    DISPLAY_NAME = "Apply ControlNet (OLD)"
+    DISPLAY_NAME = "Apply ControlNet (DEPRECATED)"
     RETURN_TYPES = ("CONDITIONING",)
 
     conditioning: Conditioning

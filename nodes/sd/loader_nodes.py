@@ -122,7 +122,7 @@ class LoraLoader(Node):
     """Applies a LoRA to the model and the text encoder; the shared base weights are left untouched."""
 
     CATEGORY = "loaders"
-    DISPLAY_NAME = "Load LoRA"
+    DISPLAY_NAME = "Load LoRA (Model and CLIP)"
     RETURN_TYPES = ("MODEL", "CLIP")
 
     model: Model
@@ -156,6 +156,7 @@ class LoraLoaderModelOnly(Node):
     encoder weights, and for models loaded without a CLIP."""
 
     CATEGORY = "loaders"
+    DISPLAY_NAME = "Load LoRA"
     RETURN_TYPES = ("MODEL",)
 
     model: Model

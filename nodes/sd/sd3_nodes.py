@@ -93,6 +93,7 @@ class CLIPTextEncodeSD3(Node):
     vector); the T5 prompt empty, no T5 tokens. "empty_prompt" encodes empty prompts like any other."""
 
     CATEGORY = "advanced/conditioning"
+    DISPLAY_NAME = "CLIP Text Encode (SD3)"
     RETURN_TYPES = ("CONDITIONING",)
 
     clip: Clip
@@ -184,7 +185,7 @@ class DualCLIPLoader(Node):
     """Loads two text encoder files: SDXL's CLIP-L and CLIP-G, or two of SD3's three."""
 
     CATEGORY = "advanced/loaders"
-    DISPLAY_NAME = "DualCLIPLoader"
+    DISPLAY_NAME = "Load CLIP (Dual)"
     RETURN_TYPES = ("CLIP",)
 
     clip_name1: str = Input(choices=_names(*TEXT_KINDS))
@@ -204,7 +205,7 @@ class TripleCLIPLoader(Node):
     """Loads SD3's three text encoders from separate files: CLIP-L, CLIP-G and T5-XXL."""
 
     CATEGORY = "advanced/loaders"
-    DISPLAY_NAME = "TripleCLIPLoader"
+    DISPLAY_NAME = "Load CLIP (Triple)"
     RETURN_TYPES = ("CLIP",)
 
     clip_name1: str = Input(choices=_names(*TEXT_KINDS))

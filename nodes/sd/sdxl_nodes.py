@@ -25,6 +25,7 @@ class CLIPTextEncodeSDXL(Node):
     size the base model was trained to take."""
 
     CATEGORY = "advanced/conditioning"
+    DISPLAY_NAME = "CLIP Text Encode (SDXL)"
     RETURN_TYPES = ("CONDITIONING",)
 
     clip: Clip
@@ -49,6 +50,7 @@ class CLIPTextEncodeSDXLRefiner(Node):
     """Encodes a prompt for the SDXL refiner, with its aesthetic score (about 6 for positive, 2.5 for negative)."""
 
     CATEGORY = "advanced/conditioning"
+    DISPLAY_NAME = "CLIP Text Encode (SDXL Refiner)"
     RETURN_TYPES = ("CONDITIONING",)
 
     ascore: float = Input(6.0, ge=0.0, le=1000.0, step=0.01)
