@@ -34,6 +34,14 @@ def b(default):
     return ("BOOLEAN", {"default": default})
 
 
+SEED = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True})
+CFG = ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01})
+
+
+def SIGMA(default, hi):  # noqa: N802 - reads as a declaration, like i/f/b
+    return ("FLOAT", {"default": default, "min": 0.0, "max": hi, "step": 0.01, "round": False})
+
+
 # name: (category, display name (None: the class name), outputs, required inputs, optional inputs)
 COMFYUI = {
     "LatentComposite": ("latent", "Latent Composite", [LATENT], {
@@ -188,6 +196,28 @@ COMFYUI = {
         "end_percent": f(1.0, 0.0, 1.0, 0.001)}, {"vae": "VAE"}),
     "Canny": ("image/preprocessors", "Detect Edges (Canny)", [IMAGE], {
         "image": IMAGE, "low_threshold": f(0.4, 0.01, 0.99, 0.01), "high_threshold": f(0.8, 0.01, 0.99, 0.01)}, {}),
+    # comfy_extras/nodes_custom_sampler.py
+    "KSamplerSelect": ("sampling/samplers", None, ["SAMPLER"], {"sampler_name": []}, {}),
+    "SamplerCustom": ("sampling/custom_sampling", None, [LATENT, LATENT], {
+        "model": "MODEL", "add_noise": b(True), "noise_seed": SEED, "cfg": CFG, "positive": COND, "negative": COND,
+        "sampler": "SAMPLER", "sigmas": "SIGMAS", "latent_image": LATENT}, {}),
+    "SamplerCustomAdvanced": ("sampling/custom_sampling", None, [LATENT, LATENT], {
+        "noise": "NOISE", "guider": "GUIDER", "sampler": "SAMPLER", "sigmas": "SIGMAS", "latent_image": LATENT}, {}),
+    "BasicScheduler": ("sampling/schedulers", None, ["SIGMAS"], {
+        "model": "MODEL", "scheduler": [], "steps": i(20, 1, 10000), "denoise": f(1.0, 0.0, 1.0, 0.01)}, {}),
+    "KarrasScheduler": ("sampling/schedulers", None, ["SIGMAS"], {
+        "steps": i(20, 1, 10000), "sigma_max": SIGMA(14.614642, 5000.0), "sigma_min": SIGMA(0.0291675, 5000.0),
+        "rho": SIGMA(7.0, 100.0)}, {}),
+    "ExponentialScheduler": ("sampling/schedulers", None, ["SIGMAS"], {
+        "steps": i(20, 1, 10000), "sigma_max": SIGMA(14.614642, 5000.0), "sigma_min": SIGMA(0.0291675, 5000.0)}, {}),
+    "SDTurboScheduler": ("sampling/schedulers", None, ["SIGMAS"], {
+        "model": "MODEL", "steps": i(1, 1, 10), "denoise": f(1.0, 0, 1.0, 0.01)}, {}),
+    "SplitSigmas": ("sampling/sigmas", None, ["SIGMAS", "SIGMAS"], {"sigmas": "SIGMAS", "step": i(0, 0, 10000)}, {}),
+    "RandomNoise": ("sampling/noise", None, ["NOISE"], {"noise_seed": SEED}, {}),
+    "DisableNoise": ("sampling/noise", None, ["NOISE"], {}, {}),
+    "CFGGuider": ("sampling/guiders", "CFG Guider", ["GUIDER"], {
+        "model": "MODEL", "positive": COND, "negative": COND, "cfg": CFG}, {}),
+    "BasicGuider": ("sampling/guiders", "Basic Guider", ["GUIDER"], {"model": "MODEL", "conditioning": COND}, {}),
     # comfy_extras/nodes_mask.py, nodes_preview_any.py, nodes_number_convert.py; display names as the editor's
     # English node definitions (comfyui-frontend-package) give them
     "MaskPreview": ("mask", "Preview Mask", [], {"mask": MASK}, {}),
