@@ -148,6 +148,22 @@ class FlipSigmas(Node):
         return (sigmas,)
 
 
+class SetFirstSigma(Node):
+    """Replaces a schedule's first level (a copy: the incoming schedule may be cached and shared), e.g. to start
+    from the very high level a depth-estimation model (Lotus) is trained at."""
+
+    CATEGORY = "sampling/sigmas"
+    RETURN_TYPES = ("SIGMAS",)
+
+    sigmas: Sigmas
+    sigma: float = Input(136.0, ge=0.0, le=20000.0, step=0.001, round=False)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        sigmas = self.sigmas.clone()
+        sigmas[0] = self.sigma
+        return (sigmas,)
+
+
 class KSamplerSelect(Node):
     """A sampler by name, for SamplerCustom and SamplerCustomAdvanced."""
 

@@ -213,6 +213,9 @@ COMFYUI = {
     "SDTurboScheduler": ("sampling/schedulers", None, ["SIGMAS"], {
         "model": "MODEL", "steps": i(1, 1, 10), "denoise": f(1.0, 0, 1.0, 0.01)}, {}),
     "SplitSigmas": ("sampling/sigmas", None, ["SIGMAS", "SIGMAS"], {"sigmas": "SIGMAS", "step": i(0, 0, 10000)}, {}),
+    "SetFirstSigma": ("sampling/sigmas", None, ["SIGMAS"], {
+        "sigmas": "SIGMAS", "sigma": ("FLOAT", {"default": 136.0, "min": 0.0, "max": 20000.0, "step": 0.001,
+                                                "round": False})}, {}),
     "RandomNoise": ("sampling/noise", None, ["NOISE"], {"noise_seed": SEED}, {}),
     "DisableNoise": ("sampling/noise", None, ["NOISE"], {}, {}),
     "CFGGuider": ("sampling/guiders", "CFG Guider", ["GUIDER"], {

@@ -181,7 +181,7 @@ KNOWN_GAPS: dict[str, Gap] = {
     "sd3.5_large_depth": _missing(
         "its depth map comes from a Lotus depth model (lotus-depth-d-v1-1 in diffusion_models, with "
         "vae-ft-mse-840000-ema-pruned), no supported family, through Lotus-specific nodes; and an SD3 "
-        "ControlNet", "LotusConditioning", "SetFirstSigma"),
+        "ControlNet", "LotusConditioning"),
     "sdxl_revision_text_prompts": _missing("SDXL Revision needs a CLIP vision model (clip_vision_g) and its nodes",
                                            "CLIPVisionLoader", "CLIPVisionEncode", "unCLIPConditioning"),
     "txt_to_image_to_video": _missing(

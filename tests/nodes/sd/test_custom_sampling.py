@@ -35,6 +35,7 @@ from latentgraph.nodes.sd.custom_sampling_nodes import (
     SamplerCustom,
     SamplerCustomAdvanced,
     SDTurboScheduler,
+    SetFirstSigma,
     SplitSigmas,
     SplitSigmasDenoise,
 )
@@ -383,6 +384,8 @@ def test_sigma_utility_nodes(sd1) -> None:
     assert len(low) == 6 and torch.equal(torch.cat([high, low[1:]]), full)
     flipped = FlipSigmas(sigmas=full).execute(ctx)[0]
     assert flipped[0] == 0.0001 and torch.equal(flipped[1:], full.flip(0)[1:])
+    first = SetFirstSigma(sigmas=full, sigma=136.0).execute(ctx)[0]
+    assert first[0] == 136.0 and torch.equal(first[1:], full[1:]) and full[0] != 136.0  # the input is left as it was
     assert len(BasicScheduler(model=model, scheduler="karras", steps=5, denoise=0.0).execute(ctx)[0]) == 0
     turbo = SDTurboScheduler(model=model, steps=2, denoise=1.0).execute(ctx)[0]
     assert torch.allclose(turbo, torch.tensor([float(ref.SIGMAS[999]), float(ref.SIGMAS[899]), 0.0]), rtol=1e-5)
