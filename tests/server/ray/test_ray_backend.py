@@ -218,6 +218,8 @@ async def test_sigkill_mid_sampling_reruns_once_then_fails_with_the_reason(serve
         await ws.close()
 
     history = get(server, "/history")
+    queued_here = {prompt_id for prompt_id, entry in history.items() if entry["prompt"][3].get("client_id") == "faults"}
+    assert queued_here == {survivor, *others, doomed}, "every prompt is in history, none twice or lost"
     for prompt_id in (survivor, *others):
         assert history[prompt_id]["status"]["status_str"] == "success"
         kinds = [m[0] for m in history[prompt_id]["status"]["messages"]]
