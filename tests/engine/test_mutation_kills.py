@@ -17,8 +17,10 @@ import torch
 from latentgraph.engine import executor as executor_module
 from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.executor import REASON_EVENT, Executor
-from latentgraph.engine.node import Input, Node
-from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, _lowest_bits, validate
+from latentgraph.engine.interrupt import InterruptToken
+from latentgraph.engine.node import Hidden, Input, Node
+from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, _Graph, _lowest_bits, validate
+from latentgraph.engine.workflow import parse_prompt
 
 from tests.engine.cheap_nodes import cheap_registry
 from tests.engine.test_cache import registry_with, scale_workflow, versioned
@@ -277,3 +279,123 @@ def test_nodes_whose_results_are_not_kept_hold_no_bytes(tmp_path) -> None:
                       "o": {"class_type": "Show", "inputs": {"value": ["m", 0]}}}).nodes
     assert {node: r["cache_bytes"] for node, r in nodes.items()} == {"n": 0, "s": 0, "m": 0, "o": 0}
     assert len(tiny.cache) == 0
+
+
+# --- validation messages and the graph order ----------------------------------------------------------------------
+
+
+class HiddenFirst(Node):
+    """A hidden input declared before an ordinary one: the ordinary one is still checked."""
+
+    OUTPUT_NODE = True
+    unique_id: str | None = Hidden("UNIQUE_ID")
+    count: int = Input(1, ge=0, le=10)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ()
+
+
+def _twenty(env: Environment) -> list[str]:
+    return [f"c{i}" for i in range(20)]
+
+
+class PickTwenty(Node):
+    OUTPUT_NODE = True
+    name: str = Input("", choices=_twenty)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ()
+
+
+def _validation_registry():
+    registry = cheap_registry()
+    for cls in (HiddenFirst, PickTwenty):
+        registry.register(cls)
+    return registry
+
+
+def _errors(prompt: dict[str, Any], tmp_path, **options: Any) -> dict[str, list[dict[str, Any]]]:
+    validation = validate(prompt, _validation_registry(), Environment(tmp_path), **options)
+    return {node: entry["errors"] for node, entry in validation.node_errors.items()}
+
+
+def test_inputs_after_a_hidden_one_are_checked(tmp_path) -> None:
+    (error,) = _errors({"h": {"class_type": "HiddenFirst", "inputs": {"count": 11}}}, tmp_path)["h"]
+    assert error["type"] == "value_bigger_than_max"
+
+
+def test_twenty_choices_are_listed_in_full(tmp_path) -> None:
+    (error,) = _errors({"p": {"class_type": "PickTwenty", "inputs": {"name": "x"}}}, tmp_path)["p"]
+    assert error["details"] == f"name: 'x' not in {[f'c{i}' for i in range(20)]}"
+
+
+def test_a_constant_where_a_link_belongs(tmp_path) -> None:
+    (error,) = _errors({"o": {"class_type": "Show", "inputs": {"value": 5}}}, tmp_path)["o"]
+    assert (error["type"], error["message"], error["details"]) == (
+        "bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+        "value expects a link of type NUMBER")
+
+
+def test_an_unknown_node_type_is_reported_and_the_other_nodes_are_still_checked(tmp_path) -> None:
+    errors = _errors({"a": {"class_type": "Nope", "inputs": {}},
+                      "b": {"class_type": "HiddenFirst", "inputs": {"count": -1}},
+                      "o": {"class_type": "Show", "inputs": {"value": ["a", 0]}}}, tmp_path)
+    assert errors["a"] == [{"type": "invalid_prompt", "message": "Node type 'Nope' is not known",
+                            "details": "node a uses class_type 'Nope'; is the node package installed?",
+                            "extra_info": {}}]
+    assert [e["type"] for e in errors["b"]] == ["value_smaller_than_min"]
+    assert "o" not in errors  # a link to an unknown node is reported on that node only
+
+
+def test_a_link_to_a_missing_output_names_the_link(tmp_path) -> None:
+    (error,) = _errors({"s": {"class_type": "Source", "inputs": {}},
+                        "o": {"class_type": "Show", "inputs": {"value": ["s", 3]}}}, tmp_path)["o"]
+    assert (error["type"], error["message"]) == ("bad_linked_input", "Linked output does not exist")
+    assert error["details"] == "value is linked to output 3 of node s (Source), which has 1 outputs"
+    assert error["extra_info"]["linked_node"] == ["s", 3] and error["extra_info"]["input_name"] == "value"
+
+
+def test_a_cycle_is_told_with_its_nodes(tmp_path) -> None:
+    errors = _errors({"x": {"class_type": "Combine", "inputs": {"a": ["y", 0]}},
+                      "y": {"class_type": "Combine", "inputs": {"a": ["x", 0]}},
+                      "o": {"class_type": "Show", "inputs": {"value": ["y", 0]}}}, tmp_path)
+    assert errors["x"][0]["details"] == "node x depends on itself through nodes ['x', 'y']"
+    assert errors["y"][0]["details"] == "node y depends on itself through nodes ['x', 'y']"
+
+
+def test_missing_requested_outputs_and_a_prompt_without_outputs(tmp_path) -> None:
+    missing = validate({"o": {"class_type": "Show", "inputs": {"value": 1}}}, _validation_registry(),
+                       Environment(tmp_path), outputs=["zz"])
+    assert (missing.error["type"], missing.error["message"]) == ("invalid_prompt", "Invalid prompt")
+    none = validate({"a": {"class_type": "Nope", "inputs": {}}}, _validation_registry(), Environment(tmp_path))
+    assert none.error["type"] == "prompt_no_outputs"
+    assert list(none.node_errors) == ["a"]  # the unknown node is still reported
+
+
+def test_an_acyclic_graph_is_ordered_in_full(tmp_path) -> None:
+    """Kahn's order places every node of a DAG, parents first; nothing is left over as cyclic."""
+    prompt = {"s": {"class_type": "Source", "inputs": {}},
+              "t": {"class_type": "Source", "inputs": {}},
+              "m": {"class_type": "Combine", "inputs": {"a": ["s", 0], "b": ["t", 0]}},
+              "c": {"class_type": "Chain", "inputs": {"a": ["m", 0]}},
+              "o": {"class_type": "Show", "inputs": {"value": ["c", 0]}}}
+    order, leftover = _Graph.of(parse_prompt(prompt)).topological()
+    assert leftover == set() and sorted(order) == sorted(prompt)
+    assert all(order.index(p) < order.index(n) for n, p in [("m", "s"), ("m", "t"), ("c", "m"), ("o", "c")])
+
+
+def test_the_interrupted_event_and_a_failing_listeners_log(tmp_path, caplog) -> None:
+    executor = Executor(cheap_registry(), Environment(tmp_path))
+
+    def failing(result, prompt_id: str) -> None:
+        raise OSError("disk full")
+
+    executor.listeners.append(failing)
+    token = InterruptToken()
+    token.set()
+    with caplog.at_level("ERROR"):
+        result = executor.run(_show("a", "sa", 1), prompt_id="p1", interrupt=token)
+    assert result.status == "interrupted"
+    ((_, data),) = [(e, d) for e, d in result.messages if e == "execution_interrupted"]
+    assert (data["prompt_id"], data["node_id"], data["node_type"], data["executed"]) == ("p1", "a", "Source", [])
+    assert "a run listener failed for prompt p1" in caplog.text
