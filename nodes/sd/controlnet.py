@@ -218,6 +218,12 @@ def inspect_controlnet(path: Path) -> ControlNetFile:
         names = _ldm_names(bare)
     elif any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in shapes):
         raise NotAControlNet(f"{path.name} is a model checkpoint, not a ControlNet: put it in models/checkpoints")
+    elif "controlnet_blocks.0.weight" in bare and "double_blocks.0.img_attn.norm.key_norm.scale" in bare:
+        raise NotAControlNet(f"{path.name} is a Flux ControlNet; ControlNets are read for SD1.x, SD2.x and SDXL")
+    elif "controlnet_blocks.0.weight" in bare and "pos_embed_input.proj.weight" in bare:
+        # ComfyUI's test for an MMDiT ControlNet (diffusers' SD3ControlNetModel or Stability's SD3.5 layout)
+        raise NotAControlNet(f"{path.name} is an SD3 (MMDiT) ControlNet, which is not supported yet; ControlNets "
+                             "are read for SD1.x, SD2.x and SDXL")
     elif "lora_controlnet" in shapes:
         raise NotAControlNet(f"{path.name} is a Control-LoRA, which is not supported")
     elif any(k.startswith(("body.", "conv_in.")) for k in shapes) or any(".body." in k for k in shapes):

@@ -175,9 +175,9 @@ def _missing(why: str, *node_types: str) -> Gap:
 SD3_CONTROLNET = "SD3 ControlNets are not read yet: ControlNetLoader knows the UNet (SD1.x/SD2.x/SDXL) layouts only"
 KNOWN_GAPS: dict[str, Gap] = {
     "sd3.5_large_canny_controlnet_example": Gap(
-        "validate", SD3_CONTROLNET, expect="sd3.5_large_controlnet_canny.safetensors cannot be loaded as a ControlNet"),
+        "validate", SD3_CONTROLNET, expect="sd3.5_large_controlnet_canny.safetensors is an SD3 (MMDiT) ControlNet"),
     "sd3.5_large_blur": Gap(
-        "validate", SD3_CONTROLNET, expect="sd3.5_large_controlnet_blur.safetensors cannot be loaded as a ControlNet"),
+        "validate", SD3_CONTROLNET, expect="sd3.5_large_controlnet_blur.safetensors is an SD3 (MMDiT) ControlNet"),
     "sd3.5_large_depth": _missing(
         "its depth map comes from a Lotus depth model (lotus-depth-d-v1-1 in diffusion_models, with "
         "vae-ft-mse-840000-ema-pruned), no supported family, through Lotus-specific nodes; and an SD3 "

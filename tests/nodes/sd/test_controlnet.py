@@ -254,9 +254,13 @@ def test_wrong_files_are_refused_at_validation(registry, tiny_file: Path, tmp_pa
     (folder / "checkpoint.safetensors").write_bytes(tiny_file.read_bytes())
     save_file({"weight": torch.zeros(2)}, str(folder / "random.safetensors"))
     torch.save({"a": torch.zeros(1)}, folder / "pickled.pth")
+    # the two tensors by which ComfyUI tells an MMDiT (SD3/SD3.5) ControlNet, as in SD3ControlNetModel's state dict
+    mmdit = {"controlnet_blocks.0.weight": torch.zeros(8, 8), "pos_embed_input.proj.weight": torch.zeros(8, 16, 2, 2)}
+    save_file(mmdit, str(folder / "sd3.5_large_controlnet_canny.safetensors"))
     env = make_environment(base)
     for name, message in (("checkpoint.safetensors", "model checkpoint"), ("random.safetensors", "no ControlNet"),
-                          ("pickled.pth", "pickled")):
+                          ("pickled.pth", "pickled"),
+                          ("sd3.5_large_controlnet_canny.safetensors", "an SD3 (MMDiT) ControlNet, which is not")):
         prompt = {"1": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}}
         validation = validate(prompt, registry, env, outputs=["1"])
         text = validation.summary()
