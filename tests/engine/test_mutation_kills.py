@@ -183,13 +183,16 @@ def test_a_cached_node_keeps_the_input_shapes_measured_when_it_ran(tmp_path) -> 
 
 def test_a_cached_node_evicted_later_is_told_as_evicted_not_freed(tmp_path) -> None:
     """Records of cache hits carry the cache generation too: after an eviction (no free) the reason is
-    `evicted`. Budget: 2 Source entries of 132 bytes (64 + 4 + 64); Show entries are larger and never kept."""
-    executor = Executor(cheap_registry(), Environment(tmp_path), cache_bytes=2 * 132)
-    executor.run(_show("a", "sa", 1))  # keeps a
-    executor.run({"a": {"class_type": "Source", "inputs": {"value": 1}},  # a is a hit: its record is renewed
-                  "b": {"class_type": "Source", "inputs": {"value": 2}},  # keeps b
-                  "m": {"class_type": "Combine", "inputs": {"a": ["a", 0], "b": ["b", 0]}},  # evicts a
-                  "sm": {"class_type": "Show", "inputs": {"value": ["m", 0]}}})
+    `evicted`. Entry sizes as test_cache.py counts them: a Source result 132 bytes (64 + 4 + 64), a Show entry
+    256 (64 for its empty outputs, 64 + 64 + 64 for {"value": [x]}); the budget holds one of each."""
+    executor = Executor(cheap_registry(), Environment(tmp_path), cache_bytes=132 + 256)
+    executor.run(_show("a", "sa", 1))
+    assert len(executor.cache) == 2
+    second = executor.run({"a": {"class_type": "Source", "inputs": {"value": 1}},
+                           "b": {"class_type": "Source", "inputs": {"value": 2}},
+                           "m": {"class_type": "Combine", "inputs": {"a": ["a", 0], "b": ["b", 0]}},
+                           "sm": {"class_type": "Show", "inputs": {"value": ["m", 0]}}})
+    assert second.cached == ["a"]  # a hit, later evicted by m and sm
     reason = executor.run(_show("a", "sa", 1)).nodes["a"]["reason"]
     assert reason["kind"] == "evicted"
 
