@@ -1,10 +1,12 @@
 """Behaviour that mutation testing showed no engine test pinned down (bench/MUTATION.md lists each mutant).
 
 mutmut 3.8.1 over engine/cache.py, engine/executor.py and engine/validate.py with tests/engine left these alive:
-the set-bit scan behind `dependent_outputs` (any shift, mask or window off by one still passed), dynamic choices of
-two different inputs in one validation (a listing cache keyed by nothing served one input's choices to the other),
-the size of the node-record memory and which records it forgets, a node fed by a sized and an unsized parent, and
-what a volatile node's reason says about its re-run parent. Each test compares with values computed here.
+the set-bit scan behind `dependent_outputs` (shifts, masks and windows off by one still passed), two dynamic-choice
+inputs in one validation, the node-record memory's limit and LRU refresh, what the reports of volatile and cached
+nodes say (class, pixels, key, bytes held, shapes, cache generation), cache lookups of volatile nodes, wall times,
+previews in a run's messages, the hidden PROMPT's `_meta`, validation messages and details no test read, Kahn's
+order of a DAG, the interrupted event's payload and a failing listener's log line. Each test compares with values
+worked out by hand or computed here.
 """
 
 from __future__ import annotations
