@@ -7,7 +7,7 @@ at which ComfyUI runs a different number of steps. The comparisons are the tests
 tests/nodes/sd/test_sigma_reference.py (diffusers pairs) and tests/nodes/sd/test_sigma_reference_loop.py (sigma
 loop, here on SD1's training schedule, which the test checks is the tiny checkpoint's).
 
-    python bench/sigma_reference.py            # the table, then a summary
+    python bench/sigma_reference.py            # the table, then a summary (recorded in bench/sigma_reference.txt)
 """
 
 from __future__ import annotations

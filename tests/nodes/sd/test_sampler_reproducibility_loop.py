@@ -71,6 +71,7 @@ def test_same_seed_gives_identical_pixels_in_fresh_executors(registry, tiny_file
     assert np.array_equal(first, second), f"{sampler}: max difference {np.abs(first.astype(int) - second).max()}"
 
 
+@pytest.mark.slow  # 32 x 2 runs, about 100 s on 2 cores
 @pytest.mark.parametrize(("sampler", "scheduler"), LOOP_RUNS)
 def test_step_noise_follows_the_seed(registry, tiny_file: Path, tmp_path: Path, sampler: str, scheduler: str) -> None:
     first = _pixels(registry, tiny_file, tmp_path / "a", sampler, scheduler, seed=5, initial_noise=False)
