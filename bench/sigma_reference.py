@@ -38,11 +38,11 @@ def main() -> None:
         exact += bound is None
         differing += bound is not None
         print(f"{sampler:31} {scheduler:16} {'diffusers':8} {worst:12.2e} {bound if bound else '-':>10}  "
-              f"{other or ''}")
+              f"{other or ''}".rstrip())
     for sampler, scheduler in loop_ref.LOOP_PAIRS:
         worst, other_loop = loop_ref.max_difference(sd1, sampler, scheduler)
         exact += 1
-        print(f"{sampler:31} {scheduler:16} {'loop':8} {worst:12.2e} {'-':>10}  {other_loop or ''}")
+        print(f"{sampler:31} {scheduler:16} {'loop':8} {worst:12.2e} {'-':>10}  {other_loop or ''}".rstrip())
     total = len(diffusers_ref.PAIRS) + len(loop_ref.LOOP_PAIRS)
     print(f"\n{total} pairs: {exact} equal to ComfyUI's to float32 precision, {differing} differ as documented "
           f"(all on diffusers schedulers)")
