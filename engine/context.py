@@ -84,3 +84,8 @@ class RunContext:
 
     def preview(self, image: Image) -> None:
         self._sink("preview", {"node": self.node_id, "prompt_id": self.prompt_id, "image": image})
+
+    def send_image(self, image: Image) -> None:
+        """An output image for the client itself (SaveImageWebsocket): sent whole, never throttled or shrunk, and,
+        like a preview, not kept in the run's messages."""
+        self._sink("preview", {"node": self.node_id, "prompt_id": self.prompt_id, "image": image, "output": True})

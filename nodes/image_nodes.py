@@ -172,6 +172,27 @@ class PreviewImage(Node):
         return NodeOutput(ui={"images": saved})
 
 
+class SaveImageWebsocket(Node):
+    """Sends each image as a full-size PNG over the WebSocket of the client that queued the prompt, instead of
+    writing a file: the binary frame of ComfyUI's websocket_image_save node (type 1, format 2, then the PNG), which
+    API scripts read while the node is executing. Runs every time, as ComfyUI's does, so a re-queued prompt sends
+    its images again."""
+
+    CATEGORY = "api node/image"
+    DISPLAY_NAME = "Save Image (Websocket)"
+    OUTPUT_NODE = True
+    DETERMINISTIC = False
+
+    images: Image
+
+    def execute(self, ctx: RunContext) -> NodeOutput:
+        total = len(self.images)
+        for index, image in enumerate(self.images):
+            ctx.progress(index, total)
+            ctx.send_image(tensor_to_pil(image))
+        return NodeOutput(ui={})
+
+
 class ImageScale(Node):
     """Resizes images; a width or height of 0 keeps the aspect ratio."""
 

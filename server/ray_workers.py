@@ -170,6 +170,8 @@ class ExecutionWorker:
     def _preview(self, data: dict[str, Any], last: list[float]) -> dict[str, Any] | None:
         """Previews at most every `preview_interval_s`, shrunk here: full-size frames never cross the wire."""
         image = data.get("image")
+        if data.get("output"):  # SaveImageWebsocket's image: the client asked for it whole
+            return data
         now = time.monotonic()
         if not isinstance(image, Image.Image) or now - last[0] < self.config.preview_interval_s:
             return None

@@ -216,12 +216,18 @@ class Worker:
         self.hub.post("executing", {"node": None, "display_node": None, "prompt_id": item.prompt_id}, sid)
 
     def _preview(self, running: Running, data: dict[str, Any]) -> None:
-        """Rate-limited, and encoded here in the worker thread so the event loop never spends time on it."""
+        """Rate-limited, and encoded here in the worker thread so the event loop never spends time on it; an output
+        image (SaveImageWebsocket) goes out whole, as a PNG."""
         sid = running.item.client_id
+        image = data.get("image")
+        if data.get("output") and isinstance(image, Image.Image):  # SaveImageWebsocket: whole, as a PNG
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=1)
+            self.hub.post_image(buffer.getvalue(), sid)
+            return
         now = time.monotonic()
         if now - running.last_preview < self.preview_interval_s or not self.hub.wants_previews(sid):
             return
-        image = data.get("image")
         if not isinstance(image, Image.Image):
             return
         running.last_preview = now

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 JPEG = 1
+PNG = 2
 PREVIEW_BACKLOG_LIMIT = 8
 BACKLOG_LIMIT = 10000
 SERVER_FEATURE_FLAGS_KEY = "feature_flags"
@@ -34,6 +35,11 @@ SERVER_FEATURE_FLAGS_KEY = "feature_flags"
 
 def preview_frame(jpeg: bytes) -> bytes:
     return struct.pack(">II", PREVIEW_IMAGE, JPEG) + jpeg
+
+
+def image_frame(png: bytes) -> bytes:
+    """SaveImageWebsocket's frame, as ComfyUI sends it: type 1, format 2, then the PNG."""
+    return struct.pack(">II", PREVIEW_IMAGE, PNG) + png
 
 
 def preview_frame_with_metadata(jpeg: bytes, metadata: dict[str, Any]) -> bytes:
@@ -135,6 +141,13 @@ class Hub:
                 plain = plain or preview_frame(jpeg)
                 client.outbox.put_nowait(plain)
 
+    def send_image(self, png: bytes, sid: str | None) -> None:
+        """An output image (SaveImageWebsocket): to every target, feature flags or not, since the client asked for
+        it by putting the node in its workflow; queued like a JSON message, never dropped as a preview is."""
+        frame = image_frame(png)
+        for client in self._targets(sid):
+            client.outbox.put_nowait(frame)
+
     def wants_previews(self, sid: str | None) -> bool:
         """Whether anyone would receive a preview for `sid` (safe to call from any thread: a snapshot read)."""
         return any(c.wants_previews for c in list(self._targets(sid)))
@@ -150,6 +163,9 @@ class Hub:
 
     def post_preview(self, jpeg: bytes, metadata: dict[str, Any], sid: str | None) -> None:
         self._call_soon(self.send_preview, jpeg, metadata, sid)
+
+    def post_image(self, png: bytes, sid: str | None) -> None:
+        self._call_soon(self.send_image, png, sid)
 
     def _call_soon(self, callback: Any, *args: Any) -> None:
         if self.loop is None:

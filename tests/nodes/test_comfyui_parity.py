@@ -229,6 +229,8 @@ COMFYUI = {
     # display names of nodes that existed before, from ComfyUI's NODE_DISPLAY_NAME_MAPPINGS
     "SaveImage": ("image", "Save Image", [], {"images": IMAGE, "filename_prefix": None}, {}),
     "PreviewImage": ("image", "Preview Image", [], {"images": IMAGE}, {}),
+    # ComfyUI's custom_nodes/websocket_image_save.py
+    "SaveImageWebsocket": ("api node/image", "Save Image (Websocket)", [], {"images": IMAGE}, {}),
     "LoadImage": ("image", "Load Image", [IMAGE, MASK], {"image": None}, {}),
     "LoadImageMask": ("mask", "Load Image (as Mask)", [MASK], {
         "image": None, "channel": ["alpha", "red", "green", "blue"]}, {}),
