@@ -1,17 +1,21 @@
 """Compiled vs eager denoiser steps on the full-size SD1.5 UNet architecture (random weights), CPU by default.
 
-Three phases, each in a fresh subprocess so that "first prompt" and "restart" mean what they say:
+Four phases, each in a fresh subprocess so that "first prompt" and "restart" mean what they say:
   cold:    an empty compile cache under a fresh base directory. Times the first compiled step (the compile), then
            interleaves per-step timings of the compiled UNet (nodes/sd/compiled.py), latentgraph's eager step (the
            same `guided` call the sampling loop makes) and diffusers' eager UNet call with the same CFG batch; reports
            the largest absolute difference of the compiled output from eager. Then a resolution change 256 -> 320
            (torch's automatic dynamic shapes: one recompile with symbolic sizes) and 320 -> 384 (no recompile: the
            symbolic graph is reused), the time to the first step of each.
-  warm:    a new process on the same base directory: a first prompt (model build + `--steps` Euler steps) compiled,
-           its inductor/AOT cache counters (a warm restart compiles nothing: no cache miss).
+  warm:    a new process on the same base directory: a first prompt (`--steps` Euler steps, timed apart from the
+           model build) compiled, its inductor/AOT cache counters (a warm restart compiles nothing: no cache miss).
   eager:   a new process, the same first prompt eager.
-Run: OMP_NUM_THREADS=1 python bench/compile_step.py [--size 256] [--steps 8] [--tiny]
-(--tiny: the test UNet at 64x64, to check the logic in a minute or two).
+  static:  a new process with `dynamic=False` (every size compiled on its own, no symbolic shapes): the first step
+           at `--size` (its graph is in the cache the cold phase filled), then the first step at the first
+           `--resize` size, which compiles a static graph from scratch: the resolution change without dynamic shapes.
+Run: OMP_NUM_THREADS=1 python bench/compile_step.py [--size 256] [--steps 8] [--tiny] [--phases ...] [--base DIR]
+(--tiny: the test UNet at 64x64, to check the logic; --phases cold, then --phases eager warm static with the same
+--base, splits a long run in two). The warm phase times the interleaved steps again, from the restored cache.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
+PHASES = ("cold", "eager", "warm", "static")
 
 
 def build_unet(tiny: bool) -> torch.nn.Module:
@@ -121,19 +126,49 @@ def phase(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     unet = build_unet(args.tiny)
     built = time.perf_counter() - started
-    options = CompileOptions("inductor")
+    options = CompileOptions("inductor", dynamic=False if args.phase == "static" else None)
     net = compiled(unet, options, args.base)
     result: dict[str, Any] = {"build_s": built}
-    if args.phase in ("warm", "eager"):
-        result["first_prompt_s"] = first_prompt(unet, net if args.phase == "warm" else unet, args.size, args.steps)
+    if args.phase == "static":
+        x, positive, negative = inputs(unet, args.size)
+        t = torch.tensor(500.0)
+        with torch.no_grad():
+            result["first_step_s"] = timed(lambda: latentgraph_step(net, x, t, positive, negative))[0]
+            result["counters_first_step"] = counters()
+            first, second, eager = resized(unet, net, args.resize[0], t)
+        result[f"resize_{args.resize[0]}"] = {"first_step_s": first, "next_step_s": second, "eager_step_s": eager}
         result["counters"] = counters()
         result["fell_back"] = net.failed
         return result
+    if args.phase == "eager":
+        result["first_prompt_s"] = first_prompt(unet, unet, args.size, args.steps)
+        return result
+    if args.phase == "warm":
+        result["first_prompt_s"] = first_prompt(unet, net, args.size, args.steps)
+        result["counters"] = counters()
+        result.update(step_rounds(unet, net, args))  # the per-step figures again, on a machine that may be quieter
+        result["fell_back"] = net.failed
+        return result
+    with torch.no_grad():
+        x, positive, negative = inputs(unet, args.size)
+        t = torch.tensor(500.0)
+        result["compile_s"], _ = timed(lambda: latentgraph_step(net, x, t, positive, negative))
+        result["counters_after_compile"] = counters()
+        result.update(step_rounds(unet, net, args))
+        for size in args.resize:
+            first, second, eager = resized(unet, net, size, t)
+            result[f"resize_{size}"] = {"first_step_s": first, "next_step_s": second, "eager_step_s": eager}
+    result["fell_back"] = net.failed
+    return result
+
+
+def step_rounds(unet: torch.nn.Module, net: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved per-step timings (compiled, latentgraph eager, diffusers eager) and the outputs' differences."""
     x, positive, negative = inputs(unet, args.size)
     t = torch.tensor(500.0)
+    result: dict[str, Any] = {}
     with torch.no_grad():
-        result["compile_s"], out_c = timed(lambda: latentgraph_step(net, x, t, positive, negative))
-        result["counters_after_compile"] = counters()
+        out_c = latentgraph_step(net, x, t, positive, negative)
         out_e = latentgraph_step(unet, x, t, positive, negative)
         out_d = diffusers_step(unet, x, t, positive, negative)
         result["max_abs_diff_compiled_eager"] = float((out_c - out_e).abs().max())
@@ -144,11 +179,7 @@ def phase(args: argparse.Namespace) -> dict[str, Any]:
             runs["compiled"].append(timed(lambda: latentgraph_step(net, x, t, positive, negative))[0])
             runs["eager"].append(timed(lambda: latentgraph_step(unet, x, t, positive, negative))[0])
             runs["diffusers"].append(timed(lambda: diffusers_step(unet, x, t, positive, negative))[0])
-        result["steps"] = runs
-        for size in args.resize:
-            first, second, eager = resized(unet, net, size, t)
-            result[f"resize_{size}"] = {"first_step_s": first, "next_step_s": second, "eager_step_s": eager}
-    result["fell_back"] = net.failed
+    result["steps"] = runs
     return result
 
 
@@ -169,42 +200,69 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed steps of each kind")
     parser.add_argument("--resize", type=int, nargs="*", default=[320, 384])
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny UNet: a logic check")
-    parser.add_argument("--phase", choices=["cold", "warm", "eager"], default=None)
-    parser.add_argument("--base", type=Path, default=None)
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="phases to run, in this order (later ones need the cache cold filled: same --base)")
+    parser.add_argument("--phase", choices=PHASES, default=None, help="(internal) run one phase in this process")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="base directory of the compile cache, kept afterwards (default: a temporary one)")
     args = parser.parse_args()
     if args.tiny and args.size == 256:
         args.size, args.resize = 64, [80, 96]
     if args.phase is not None:
         print("PHASE " + json.dumps(phase(args)), flush=True)
         return
-    base = Path(tempfile.mkdtemp(prefix="lg-bench-compile-"))
+    base = args.base or Path(tempfile.mkdtemp(prefix="lg-bench-compile-"))
+    results: dict[str, dict[str, Any]] = {}
     try:
-        cold = run_phase("cold", args, base)
-        print(json.dumps({"cold": cold}, indent=1), flush=True)
-        eager = run_phase("eager", args, base)
-        warm = run_phase("warm", args, base)
-        print(json.dumps({"warm": warm, "eager": eager}, indent=1), flush=True)
+        for name in args.phases:
+            if name == "static" and not args.resize:
+                continue
+            results[name] = run_phase(name, args, base)
+            print(json.dumps({name: results[name]}, indent=1), flush=True)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
-    steps = cold["steps"]
-    med = {k: statistics.median(v) for k, v in steps.items()}
+        if args.base is None:
+            shutil.rmtree(base, ignore_errors=True)
+    summary(args, results)
+
+
+def summary(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     label = "tiny UNet" if args.tiny else "full-size SD1.5 UNet"
-    print(f"\n{label}, {args.size}x{args.size}, CFG batch 2, fp32, {torch.get_num_threads()} thread(s), "
+    print(f"\n{label}, {args.size}x{args.size}, CFG batch 2, fp32, {os.environ.get('BENCH_THREADS', '1')} thread(s), "
           f"{args.rounds} interleaved rounds")
-    print(f"  per step: compiled {med['compiled'] * 1e3:.0f} ms, latentgraph eager {med['eager'] * 1e3:.0f} ms, "
-          f"diffusers eager {med['diffusers'] * 1e3:.0f} ms")
-    print(f"  compiled / diffusers eager {med['compiled'] / med['diffusers']:.3f}x (goal <= 0.80); "
-          f"compiled / latentgraph eager {med['compiled'] / med['eager']:.3f}x")
-    print(f"  max |compiled - eager| {cold['max_abs_diff_compiled_eager']:.2e} (outputs up to "
-          f"{cold['output_abs_max']:.2f}); max |eager - diffusers| {cold['max_abs_diff_eager_diffusers']:.2e}")
-    print(f"  first compile: {cold['compile_s']:.1f} s (first compiled step)")
-    print(f"  first prompt ({args.steps} steps) in a fresh process: warm compile cache {warm['first_prompt_s']:.1f} s, "
-          f"eager {eager['first_prompt_s']:.1f} s, ratio {warm['first_prompt_s'] / eager['first_prompt_s']:.2f}x "
-          f"(goal <= 1.2); warm process cache counters {warm['counters']}")
-    for size in args.resize:
-        r = cold[f"resize_{size}"]
-        print(f"  resolution change to {size}: first step {r['first_step_s']:.1f} s, next {r['next_step_s']:.2f} s, "
-              f"eager step {r['eager_step_s']:.2f} s")
+    for name in ("cold", "warm"):
+        if name not in results:
+            continue
+        run = results[name]
+        med = {k: statistics.median(v) for k, v in run["steps"].items()}
+        print(f"  per step ({name} phase): compiled {med['compiled'] * 1e3:.0f} ms, latentgraph eager "
+              f"{med['eager'] * 1e3:.0f} ms, diffusers eager {med['diffusers'] * 1e3:.0f} ms; compiled / diffusers "
+              f"{med['compiled'] / med['diffusers']:.3f}x (goal <= 0.80), compiled / latentgraph eager "
+              f"{med['compiled'] / med['eager']:.3f}x")
+        print(f"    max |compiled - eager| {run['max_abs_diff_compiled_eager']:.2e} (outputs up to "
+              f"{run['output_abs_max']:.2f}); max |eager - diffusers| {run['max_abs_diff_eager_diffusers']:.2e}")
+    if "cold" in results:
+        cold = results["cold"]
+        print(f"  first compile: {cold['compile_s']:.1f} s (first compiled step; counters "
+              f"{cold['counters_after_compile']})")
+        for size in args.resize:
+            r = cold[f"resize_{size}"]
+            print(f"  resolution change to {size} (automatic dynamic shapes): first step {r['first_step_s']:.1f} s, "
+                  f"next {r['next_step_s']:.2f} s, eager step {r['eager_step_s']:.2f} s")
+    if "warm" in results and "eager" in results:
+        warm, eager = results["warm"], results["eager"]
+        ratio = warm["first_prompt_s"] / eager["first_prompt_s"]
+        print(f"  first prompt ({args.steps} steps) in a fresh process: warm compile cache "
+              f"{warm['first_prompt_s']:.1f} s, eager {eager['first_prompt_s']:.1f} s, ratio {ratio:.2f}x "
+              f"(goal <= 1.2); with the model build ({warm['build_s']:.1f} s, {eager['build_s']:.1f} s) "
+              f"{(warm['first_prompt_s'] + warm['build_s']) / (eager['first_prompt_s'] + eager['build_s']):.2f}x; "
+              f"warm process cache counters {warm['counters']}")
+    if "static" in results:
+        static = results["static"]
+        r = static[f"resize_{args.resize[0]}"]
+        print(f"  resolution change {args.size} -> {args.resize[0]} with dynamic=False (static graphs): first step "
+              f"{r['first_step_s']:.1f} s, next {r['next_step_s']:.2f} s, eager step {r['eager_step_s']:.2f} s "
+              f"(first step at {args.size} in that process {static['first_step_s']:.1f} s; counters "
+              f"{static['counters']})")
 
 
 if __name__ == "__main__":
