@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# GPU check (issue 8): full-size SD1.5 and SDXL random-weight models, fp16, 512 and 1024, 20 steps, engine vs
-# diffusers pipeline, peak VRAM, SDPA / channels_last / torch.compile. Fits in 10 minutes on one H100 or H200.
+# GPU check (issues 8 and 20): full-size SD1.5 (512x512) and SDXL (1024x1024) random-weight models built on the
+# device, fp16 (--dtype bf16 for bf16), 20 steps: per CFG step eager vs compiled (inductor, CUDA graphs) vs diffusers
+# with the first compile's cost and max |compiled - eager|; txt2img through the engine eager and with --compile vs
+# the diffusers pipeline (it/s, first prompt, peak VRAM); VAE decode in fp16/bf16/fp32 at 1024 (time, overflow);
+# SDPA / channels_last; then SD1.5 1024 and SDXL 512 eager. Most important first; a budget skips what would not
+# fit in 10 minutes on one H100 or H200, and every figure is printed as soon as it is measured.
 # Never part of CI. Run from the repository root:
 #   bash bench/gpu_check.sh                 on the GPU machine (only PyTorch needed there; see wheels below)
-#   bash bench/gpu_check.sh --dry-run       anywhere: CPU, tiny models, 2 steps, to check the logic
+#   bash bench/gpu_check.sh --dry-run       anywhere: CPU, tiny models, 2 steps, to check the logic (add --compile
+#                                           to compile there too: a few minutes on a small CPU)
 #   bash bench/gpu_check.sh --fetch-wheels  here, before the GPU run: downloads what the GPU image lacks into .whl/
 # The GPU image has torch, transformers, safetensors, numpy, pillow, networkx, aiohttp, tqdm, pyyaml but not
 # diffusers or pydantic; they travel as wheels in .whl/ (ignored by git: echo /.whl/ >> .git/info/exclude) and are
