@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import zipfile
 from pathlib import Path
@@ -122,6 +123,11 @@ def test_the_wheel_sits_beside_a_package_with_top_level_nodes_and_server(wheel: 
     # System site-packages keep torch and friends from being installed again; the wheel's own files must win.
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
+    # ... and so does the test's own environment (a venv on a bare interpreter lacks aiohttp and friends): its
+    # site-packages as a plain path, so its .pth files (the editable install's finder) are not run
+    purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        cwd=tmp_path).strip())
+    (purelib / "test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
           str(comfy)], cwd=tmp_path)
     (comfy_wheel,) = tmp_path.glob("comfy_like-*.whl")
