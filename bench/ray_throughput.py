@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cold_start import child_env, latentgraph_command
 from common import REPO, median, report, seconds
-from server_throughput import stop_server
+from server_throughput import start_server, stop_server
 
 WORKFLOW = REPO / "workflows" / "txt2img.json"
 
@@ -42,19 +41,7 @@ def prompt_for(seed: int) -> dict[str, Any]:
 
 def start_ray_server(base: Path, workers: int) -> tuple[subprocess.Popen, str]:
     """`latentgraph serve --ray --workers N --threads-per-worker 1 --port 0` and the URL it prints."""
-    cmd = latentgraph_command() + ["serve", "--port", "0", "--base-dir", str(base), "--ray", "--workers",
-                                   str(workers), "--threads-per-worker", "1"]
-    proc = subprocess.Popen(cmd, env=child_env(), cwd=base, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    deadline = time.monotonic() + 240
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "listening on" in line:
-            return proc, line.split("listening on", 1)[1].split()[0]
-        if time.monotonic() > deadline:
-            break
-    stop_server(proc)
-    raise RuntimeError("the server did not report that it was listening")
+    return start_server(base, ["--ray", "--workers", str(workers), "--threads-per-worker", "1"], wait_s=240)
 
 
 async def workers_view(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:

@@ -33,12 +33,12 @@ from cold_start import child_env, latentgraph_command
 from common import make_base_dir, median, ms, percentile, quiet_threads, report, txt2img
 
 
-def start_server(base: Path) -> tuple[subprocess.Popen, str]:
-    """A `latentgraph serve --port 0` subprocess and the URL it prints once listening."""
-    cmd = latentgraph_command() + ["serve", "--port", "0", "--base-dir", str(base)]
+def start_server(base: Path, extra: list[str] | None = None, wait_s: float = 180) -> tuple[subprocess.Popen, str]:
+    """A `latentgraph serve --port 0 [EXTRA...]` subprocess and the URL it prints once listening."""
+    cmd = latentgraph_command() + ["serve", "--port", "0", "--base-dir", str(base), *(extra or [])]
     proc = subprocess.Popen(cmd, env=child_env(), cwd=base, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + wait_s
     assert proc.stdout is not None
     for line in proc.stdout:
         if "listening on" in line:
