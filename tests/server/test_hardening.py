@@ -7,6 +7,7 @@ TCP writes, chunked, or just over a limit, the way the attack run sent them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -206,15 +207,24 @@ def _failing_chain(n: int) -> dict[str, Any]:
 
 
 def test_validation_of_a_chain_of_failing_outputs_is_near_linear() -> None:
-    """400 chained bad links took ~20 s before (cubic); now 2,000 take well under a second."""
+    """400 chained bad links took ~20 s before (cubic). Five times the links must cost about five times the CPU
+    (linear), far from the 25x of a quadratic or 125x of a cubic check; a ratio in one process, best of three, so
+    the machine's speed does not matter."""
     registry = make_registry(full=False)
     env = Environment(Path("."))
-    for n in (400, 2000):
-        start = time.process_time()
-        result = validate(_failing_chain(n), registry, env)
-        elapsed = time.process_time() - start
-        assert not result.ok and len(result.node_errors) == n
-        assert elapsed < 1.0, (n, elapsed)
+    best: dict[int, float] = {}
+    gc.collect()
+    gc.disable()  # a collection of the whole suite's garbage is not the check's cost
+    try:
+        for n in (400, 2000):
+            for _ in range(3):
+                start = time.process_time()
+                result = validate(_failing_chain(n), registry, env)
+                best[n] = min(best.get(n, float("inf")), time.process_time() - start)
+                assert not result.ok and len(result.node_errors) == n
+    finally:
+        gc.enable()
+    assert best[2000] / best[400] < 12, best
     # node 1995 feeds outputs 1995..2000; the list is sorted and capped
     assert result.node_errors["1995"]["dependent_outputs"] == sorted(str(i) for i in range(1995, 2001))
     assert len(result.node_errors["1"]["dependent_outputs"]) == MAX_DEPENDENT_OUTPUTS
