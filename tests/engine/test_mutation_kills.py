@@ -5,14 +5,19 @@ the set-bit scan behind `dependent_outputs` (shifts, masks and windows off by on
 inputs in one validation, the node-record memory's limit and LRU refresh, what the reports of volatile and cached
 nodes say (class, pixels, key, bytes held, shapes, cache generation), cache lookups of volatile nodes, wall times,
 previews in a run's messages, the hidden PROMPT's `_meta`, validation messages and details no test read, Kahn's
-order of a DAG, the interrupted event's payload and a failing listener's log line. Each test compares with values
-worked out by hand or computed here.
+order of a DAG, the interrupted event's payload and a failing listener's log line. The full run (all 1639
+mutants) added: a failed run's error payload, the statuses and last event of an interrupted run, what listeners,
+expanders and node checks receive, every node error as the editor gets it (message, details, extra_info), exclusive
+bounds, mixed hashable/unhashable choices, which outputs depend on a faulty node (several outputs, cycles),
+self-links, long cycles, cycles outside the requested outputs, and the `*` and comma-separated link types. Each test
+compares with values worked out by hand or computed here.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+import time
+from typing import Annotated, Any, ClassVar
 
 import pytest
 import torch
@@ -21,10 +26,12 @@ from latentgraph.engine.context import Environment, RunContext
 from latentgraph.engine.executor import REASON_EVENT, Executor
 from latentgraph.engine.interrupt import InterruptToken
 from latentgraph.engine.node import Hidden, Input, Node
+from latentgraph.engine.types import Socket
 from latentgraph.engine.validate import MAX_DEPENDENT_OUTPUTS, _Graph, _lowest_bits, validate
 from latentgraph.engine.workflow import parse_prompt
+from pydantic import Field
 
-from tests.engine.cheap_nodes import cheap_registry
+from tests.engine.cheap_nodes import Number, cheap_registry
 from tests.engine.test_cache import registry_with, scale_workflow, versioned
 from tests.engine.test_executor_contract import Witness
 from tests.engine.test_validate_messages import registry as choice_registry
@@ -218,6 +225,18 @@ def test_a_node_upgrade_is_named_in_the_reason(tmp_path) -> None:
     assert reason["changes"] == [{"type": "version", "old": 1, "new": 2, "text": "node version 1 -> 2"}]
 
 
+def test_a_volatile_nodes_reason_still_names_a_node_upgrade(tmp_path) -> None:
+    prompt = {"r": {"class_type": "Random", "inputs": {}},
+              "m": {"class_type": "Scale", "inputs": {"a": ["r", 0], "factor": 2}},
+              "o": {"class_type": "Show", "inputs": {"value": ["m", 0]}}}
+    executor = Executor(registry_with(versioned(1, 0)), Environment(tmp_path))
+    executor.run(prompt)
+    executor.registry = registry_with(versioned(2, 1000))
+    reason = executor.run(prompt).nodes["m"]["reason"]
+    assert reason["kind"] == "volatile"
+    assert {"type": "version", "old": 1, "new": 2, "text": "node version 1 -> 2"} in reason["changes"]
+
+
 # --- what the run hands to nodes and keeps in its messages -------------------------------------------------------
 
 
@@ -403,4 +422,393 @@ def test_the_interrupted_event_and_a_failing_listeners_log(tmp_path, caplog) -> 
     assert result.status == "interrupted"
     ((_, data),) = [(e, d) for e, d in result.messages if e == "execution_interrupted"]
     assert (data["prompt_id"], data["node_id"], data["node_type"], data["executed"]) == ("p1", "a", "Source", [])
-    assert "a run listener failed for prompt p1" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == executor_module.log.name] == [
+        "a run listener failed for prompt p1"]
+
+
+# --- a failed run, an interrupted run, and run listeners ----------------------------------------------------------
+
+
+class Hushed(Exception):
+    """An exception without a message, from outside the builtins."""
+
+
+class FailsHushed(Node):
+    RETURN_TYPES = ("NUMBER",)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        raise Hushed()
+
+
+def test_a_failing_nodes_error_names_its_exception_class_and_is_sent_as_is(tmp_path) -> None:
+    registry = cheap_registry()
+    registry.register(FailsHushed)
+    before = int(time.time() * 1000)
+    result = Executor(registry, Environment(tmp_path)).run(
+        {"f": {"class_type": "FailsHushed", "inputs": {}}, "o": {"class_type": "Show", "inputs": {"value": ["f", 0]}}},
+        prompt_id="p2")
+    error = result.error
+    assert error is not None and result.status == "error"
+    # an empty message falls back to the class name; the type is module-qualified
+    assert (error["prompt_id"], error["node_id"], error["node_type"]) == ("p2", "f", "FailsHushed")
+    assert (error["exception_message"], error["exception_type"]) == (
+        "Hushed", "tests.engine.test_mutation_kills.Hushed")
+    assert error["current_inputs"] == {} and error["current_outputs"] == {}
+    assert before <= error["timestamp"] <= time.time() * 1000
+    assert [data for event, data in result.messages if event == "execution_error"] == [error]
+
+
+def test_an_interrupted_run_marks_the_stopped_node_and_ends_idle(tmp_path) -> None:
+    token = InterruptToken()
+    token.set()
+    before = int(time.time() * 1000)
+    result = Executor(cheap_registry(), Environment(tmp_path)).run(_show("a", "sa", 1), prompt_id="p1",
+                                                                   interrupt=token)
+    ((_, data),) = [(e, d) for e, d in result.messages if e == "execution_interrupted"]
+    assert before <= data["timestamp"] <= time.time() * 1000
+    assert {node: report["status"] for node, report in result.nodes.items()} == {"a": "interrupted",
+                                                                                 "sa": "not_run"}
+    assert result.messages[-1] == ["executing", {"node": None, "display_node": None, "prompt_id": "p1"}]
+
+
+def test_listeners_get_the_result_and_the_prompt_id(tmp_path) -> None:
+    executor = Executor(cheap_registry(), Environment(tmp_path))
+    seen: list[tuple[Any, str]] = []
+    executor.listeners.append(lambda result, prompt_id: seen.append((result, prompt_id)))
+    result = executor.run(_show("a", "sa", 1), prompt_id="p3")
+    assert len(seen) == 1 and seen[0][0] is result and seen[0][1] == "p3"
+
+
+# --- validation hands the environment to expanders and node checks -----------------------------------------------
+
+
+class EnvChecked(Node):
+    OUTPUT_NODE = True
+    envs: ClassVar[list[Environment]] = []
+    value: int = Input(0)
+
+    @classmethod
+    def check(cls, inputs: dict, env: Environment) -> list[tuple[str, str]]:
+        cls.envs.append(env)
+        return []
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ()
+
+
+def test_expanders_and_node_checks_get_the_validations_environment(tmp_path) -> None:
+    registry = cheap_registry()
+    registry.register(EnvChecked)
+    expanded: list[Environment] = []
+
+    def expander(data: Any, reg: Any, env: Environment) -> Any:
+        expanded.append(env)
+        return data
+
+    registry.expanders.append(expander)
+    EnvChecked.envs.clear()
+    executor = Executor(registry, Environment(tmp_path))
+    assert executor.validate({"e": {"class_type": "EnvChecked", "inputs": {}}}).ok
+    assert expanded == [executor.env] and EnvChecked.envs == [executor.env]
+
+
+# --- constants: what an error carries, exclusive bounds, choices that cannot all be hashed ------------------------
+
+
+class Exclusive(Node):
+    """Bounds declared with pydantic's own Field (gt/lt, exclusive), as a plugin may do."""
+
+    OUTPUT_NODE = True
+    count: int = Field(1, gt=0, lt=10)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ()
+
+
+class PickMixed(Node):
+    """A listing with an unhashable entry (so no set of it is made) and a hashable one."""
+
+    OUTPUT_NODE = True
+    item: Any = Input(None, choices=lambda env: [[1, 2], "a"])
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ()
+
+
+class PickWord(Node):
+    """Hashable choices; a list value cannot be looked up in their set."""
+
+    OUTPUT_NODE = True
+    item: Any = Input(None, choices=lambda env: ["a", "b"])
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ()
+
+
+class PickTwentyOne(Node):
+    OUTPUT_NODE = True
+    name: str = Input("", choices=lambda env: [f"c{i}" for i in range(21)])
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ()
+
+
+def _constant_registry():
+    registry = cheap_registry()
+    for cls in (Exclusive, PickMixed, PickWord, PickTwentyOne):
+        registry.register(cls)
+    return registry
+
+
+def _constant_errors(prompt: dict[str, Any], tmp_path) -> dict[str, list[dict[str, Any]]]:
+    validation = validate(prompt, _constant_registry(), Environment(tmp_path))
+    return {node: entry["errors"] for node, entry in validation.node_errors.items()}
+
+
+def test_a_bad_constant_reports_the_inputs_config_and_the_value_received(tmp_path) -> None:
+    errors = _constant_errors({"s": {"class_type": "Source", "inputs": {"value": -5000}},
+                               "p": {"class_type": "Show", "inputs": {"value": ["s", 0]}},
+                               "o": {"class_type": "Show", "inputs": {"value": 5}}}, tmp_path)
+    assert errors["s"] == [{"type": "value_smaller_than_min", "message": "Value -5000 smaller than min of -1000",
+                            "details": errors["s"][0]["details"],
+                            "extra_info": {"input_name": "value", "received_value": -5000,
+                                           "input_config": ["INT", {"default": 0, "min": -1000, "max": 100000}]}}]
+    assert errors["o"][0]["extra_info"] == {"input_name": "value", "input_config": ["NUMBER", {}],
+                                            "received_value": 5}
+
+
+def test_exclusive_bounds_are_named_in_the_message(tmp_path) -> None:
+    errors = _constant_errors({"low": {"class_type": "Exclusive", "inputs": {"count": 0}},
+                               "high": {"class_type": "Exclusive", "inputs": {"count": 10}}}, tmp_path)
+    assert [(e["type"], e["message"]) for e in errors["low"]] == [("value_smaller_than_min",
+                                                                   "Value 0 smaller than min of 0")]
+    assert [(e["type"], e["message"]) for e in errors["high"]] == [("value_bigger_than_max",
+                                                                    "Value 10 bigger than max of 10")]
+
+
+def test_choices_with_an_unhashable_entry_still_accept_a_listed_word(tmp_path) -> None:
+    assert _constant_errors({"p": {"class_type": "PickMixed", "inputs": {"item": "a"}}}, tmp_path) == {}
+    assert [e["type"] for e in _constant_errors({"p": {"class_type": "PickMixed", "inputs": {"item": "z"}}},
+                                                tmp_path)["p"]] == ["value_not_in_list"]
+
+
+def test_a_list_value_is_refused_by_word_choices(tmp_path) -> None:
+    errors = _constant_errors({"p": {"class_type": "PickWord", "inputs": {"item": {"__value__": [1]}}}}, tmp_path)
+    assert [e["type"] for e in errors["p"]] == ["value_not_in_list"]
+    assert _constant_errors({"p": {"class_type": "PickWord", "inputs": {"item": "b"}}}, tmp_path) == {}
+
+
+def test_twenty_one_choices_are_cut_at_twenty(tmp_path) -> None:
+    (error,) = _constant_errors({"p": {"class_type": "PickTwentyOne", "inputs": {"name": "x"}}}, tmp_path)["p"]
+    assert error["details"] == f"name: 'x' not in {[f'c{i}' for i in range(20)] + ['...']}"
+
+
+# --- which outputs depend on a faulty node -------------------------------------------------------------------------
+
+
+class Tap(Node):
+    """An output node that also passes its value on, so that outputs can feed each other (and form a cycle)."""
+
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("NUMBER",)
+    value: Number | None = Input(None, optional=True)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return (self.value,)
+
+
+def _dependents(prompt: dict[str, Any], tmp_path) -> dict[str, list[str]]:
+    registry = cheap_registry()
+    registry.register(Tap)
+    validation = validate(prompt, registry, Environment(tmp_path))
+    return {node: entry["dependent_outputs"] for node, entry in validation.node_errors.items()}
+
+
+def test_a_faulty_node_lists_every_output_below_it_and_no_other(tmp_path) -> None:
+    # "a0" sorts first and does not depend on "s"; "o1" and "o2" both do, through different children
+    prompt = {"t": {"class_type": "Source", "inputs": {"value": 1}},
+              "a0": {"class_type": "Show", "inputs": {"value": ["t", 0]}},
+              "s": {"class_type": "Source", "inputs": {"value": -5000}},
+              "c1": {"class_type": "Chain", "inputs": {"a": ["s", 0]}},
+              "o1": {"class_type": "Show", "inputs": {"value": ["c1", 0]}},
+              "o2": {"class_type": "Show", "inputs": {"value": ["s", 0]}}}
+    assert _dependents(prompt, tmp_path) == {"s": ["o1", "o2"]}
+
+
+def test_outputs_on_and_below_a_cycle_are_listed_for_nodes_above_it(tmp_path) -> None:
+    # t1 and t2 feed each other (both outputs); s, above the cycle, is faulty too
+    prompt = {"s": {"class_type": "Source", "inputs": {"value": -5000}},
+              "t1": {"class_type": "Tap", "inputs": {"value": ["t2", 0]}},
+              "t2": {"class_type": "Tap", "inputs": {"value": ["t1", 0]}},
+              "m": {"class_type": "Combine", "inputs": {"a": ["s", 0], "b": ["t2", 0]}},
+              "o": {"class_type": "Show", "inputs": {"value": ["m", 0]}}}
+    assert _dependents(prompt, tmp_path) == {"s": ["o"], "t1": ["o", "t1", "t2"], "t2": ["o", "t1", "t2"]}
+
+
+# --- node errors on inputs, message by message ---------------------------------------------------------------------
+
+
+def _input_errors(prompt: dict[str, Any], tmp_path, **options: Any) -> dict[str, list[dict[str, Any]]]:
+    validation = validate(prompt, cheap_registry(), Environment(tmp_path), **options)
+    return {node: entry["errors"] for node, entry in validation.node_errors.items()}
+
+
+NUMBER_SOCKET = ["NUMBER", {}]
+
+
+def test_a_missing_required_input(tmp_path) -> None:
+    errors = _input_errors({"c": {"class_type": "Combine", "inputs": {"k": 1}},
+                            "o": {"class_type": "Show", "inputs": {"value": ["c", 0]}}}, tmp_path)
+    assert errors == {"c": [{"type": "required_input_missing", "message": "Required input is missing",
+                             "details": "a", "extra_info": {"input_name": "a", "input_config": NUMBER_SOCKET}}]}
+
+
+def test_a_list_that_is_not_a_link_and_the_inputs_after_it(tmp_path) -> None:
+    long = list(range(300))
+    errors = _input_errors({"s": {"class_type": "Source", "inputs": {}},
+                            "c": {"class_type": "Combine", "inputs": {"a": ["s", 0, 1], "k": -5000}},
+                            "d": {"class_type": "Combine", "inputs": {"a": long}},
+                            "o": {"class_type": "Show", "inputs": {"value": ["c", 0]}},
+                            "p": {"class_type": "Show", "inputs": {"value": ["d", 0]}}}, tmp_path)
+    assert errors["c"][0] == {"type": "bad_linked_input",
+                              "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                              "details": "a: ['s', 0, 1]",
+                              "extra_info": {"received_value": ["s", 0, 1], "input_name": "a",
+                                             "input_config": NUMBER_SOCKET}}
+    assert [e["type"] for e in errors["c"]] == ["bad_linked_input", "value_smaller_than_min"]
+    assert errors["d"][0]["details"] == ("a: " + repr(long))[:500] and len(errors["d"][0]["details"]) == 500
+
+
+def test_links_to_a_missing_node_an_unknown_node_and_one_past_the_outputs(tmp_path) -> None:
+    errors = _input_errors({"s": {"class_type": "Source", "inputs": {}},
+                            "u": {"class_type": "Nope", "inputs": {}},
+                            "c1": {"class_type": "Combine", "inputs": {"a": ["nowhere", 0], "k": -5000}},
+                            "c2": {"class_type": "Combine", "inputs": {"a": ["u", 0], "k": -5000}},
+                            "c3": {"class_type": "Combine", "inputs": {"a": ["s", 1], "k": -5000}},
+                            "o": {"class_type": "Show", "inputs": {"value": ["c1", 0]}},
+                            "o2": {"class_type": "Show", "inputs": {"value": ["c2", 0]}},
+                            "o3": {"class_type": "Show", "inputs": {"value": ["c3", 0]}}}, tmp_path)
+    assert errors["c1"][0] == {"type": "bad_linked_input", "message": "Linked node does not exist",
+                               "details": "a is linked to node nowhere, which is not in the workflow",
+                               "extra_info": {"input_name": "a", "input_config": NUMBER_SOCKET,
+                                              "linked_node": ["nowhere", 0]}}
+    assert (errors["c3"][0]["message"], errors["c3"][0]["details"]) == (
+        "Linked output does not exist", "a is linked to output 1 of node s (Source), which has 1 outputs")
+    # the input after the faulty link is still checked
+    for node, first in (("c1", "bad_linked_input"), ("c2", None), ("c3", "bad_linked_input")):
+        assert [e["type"] for e in errors[node]] == [t for t in (first, "value_smaller_than_min") if t]
+
+
+def test_a_type_mismatch_names_both_types(tmp_path) -> None:
+    errors = _input_errors({"t": {"class_type": "Text", "inputs": {}},
+                            "c": {"class_type": "Combine", "inputs": {"a": ["t", 0]}},
+                            "o": {"class_type": "Show", "inputs": {"value": ["c", 0]}}}, tmp_path)
+    assert errors == {"c": [{"type": "return_type_mismatch", "message": "Return type mismatch between linked nodes",
+                             "details": "a, received_type(STRING) mismatch input_type(NUMBER)",
+                             "extra_info": {"input_name": "a", "input_config": NUMBER_SOCKET,
+                                            "linked_node": ["t", 0], "received_type": "STRING"}}]}
+
+
+def test_a_custom_check_names_the_input_and_its_value(tmp_path) -> None:
+    errors = _input_errors({"e": {"class_type": "Even", "inputs": {"value": 3}},
+                            "o": {"class_type": "Show", "inputs": {"value": ["e", 0]}}}, tmp_path)
+    assert errors == {"e": [{"type": "custom_validation_failed", "message": "value must be even", "details": "value",
+                             "extra_info": {"input_name": "value", "received_value": 3}}]}
+
+
+def test_an_unlinked_optional_socket_is_no_constant(tmp_path) -> None:
+    validation = validate({"s": {"class_type": "Source", "inputs": {}},
+                           "c": {"class_type": "Combine", "inputs": {"a": ["s", 0]}},
+                           "o": {"class_type": "Show", "inputs": {"value": ["c", 0]}}},
+                          cheap_registry(), Environment(tmp_path))
+    assert validation.constants["c"] == {"k": 0}
+
+
+def test_a_long_list_of_missing_outputs_is_cut_at_2000_characters(tmp_path) -> None:
+    missing = validate({"o": {"class_type": "Show", "inputs": {"value": 1}}}, cheap_registry(),
+                       Environment(tmp_path), outputs=[f"missing{i}" for i in range(300)])
+    details = missing.error["details"]
+    assert len(details) == 2000 and details.startswith("requested outputs not in the workflow: ['missing0', ")
+
+
+def test_a_prompt_without_outputs_says_what_to_add(tmp_path) -> None:
+    validation = validate({"s": {"class_type": "Source", "inputs": {}}}, cheap_registry(), Environment(tmp_path))
+    assert validation.ok is False
+    assert validation.error == {"type": "prompt_no_outputs", "message": "Prompt has no outputs",
+                                "details": "add an output node such as SaveImage or PreviewImage", "extra_info": {}}
+
+
+# --- cycles: self-links, cycles the requested outputs do not need, long cycles -------------------------------------
+
+
+def test_a_node_linked_to_itself_is_a_cycle(tmp_path) -> None:
+    errors = _input_errors({"x": {"class_type": "Combine", "inputs": {"a": ["x", 0]}},
+                            "o": {"class_type": "Show", "inputs": {"value": ["x", 0]}}}, tmp_path)
+    assert errors["x"] == [{"type": "dependency_cycle", "message": "Dependency cycle detected",
+                            "details": "node x depends on itself through nodes ['x']", "extra_info": {}}]
+
+
+def test_only_cycles_the_requested_outputs_need_are_reported(tmp_path) -> None:
+    prompt = {"a": {"class_type": "Combine", "inputs": {"a": ["b", 0]}},
+              "b": {"class_type": "Combine", "inputs": {"a": ["a", 0]}},
+              "o": {"class_type": "Show", "inputs": {"value": ["b", 0]}},
+              "x": {"class_type": "Combine", "inputs": {"a": ["y", 0]}},
+              "y": {"class_type": "Combine", "inputs": {"a": ["x", 0]}},
+              "p": {"class_type": "Show", "inputs": {"value": ["y", 0]}}}
+    assert sorted(_input_errors(prompt, tmp_path, outputs=["o"])) == ["a", "b"]
+    assert sorted(_input_errors(prompt, tmp_path)) == ["a", "b", "x", "y"]
+
+
+def _ring(size: int) -> dict[str, Any]:
+    names = [f"n{i:02}" for i in range(size)]
+    prompt: dict[str, Any] = {name: {"class_type": "Chain", "inputs": {"a": [names[i - 1], 0]}}
+                              for i, name in enumerate(names)}
+    prompt["o"] = {"class_type": "Show", "inputs": {"value": ["n00", 0]}}
+    return prompt
+
+
+def test_a_cycle_of_twenty_is_listed_in_full_and_one_of_twenty_one_is_cut(tmp_path) -> None:
+    twenty = ", ".join(f"'n{i:02}'" for i in range(20))
+    assert _input_errors(_ring(20), tmp_path)["n05"][0]["details"] == \
+        f"node n05 depends on itself through nodes [{twenty}]"
+    assert _input_errors(_ring(21), tmp_path)["n20"][0]["details"] == \
+        f"node n20 depends on itself through nodes [{twenty}, ...]"
+
+
+# --- link types: the wildcard and comma-separated types ------------------------------------------------------------
+
+
+class Both(Node):
+    """An output of two types at once."""
+
+    RETURN_TYPES = ("NUMBER,STRING",)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ("1",)
+
+
+class Takes(Node):
+    OUTPUT_NODE = True
+    anything: Annotated[Any, Socket("*")] | None = Input(None, optional=True)
+    number_or_text: Annotated[Any, Socket("NUMBER,STRING")] | None = Input(None, optional=True)
+    text: Annotated[Any, Socket("STRING")] | None = Input(None, optional=True)
+    image: Annotated[Any, Socket("IMAGE,MASK")] | None = Input(None, optional=True)
+
+    def execute(self, ctx: RunContext) -> tuple:
+        return ()
+
+
+def test_the_wildcard_and_comma_separated_types_match_their_parts(tmp_path) -> None:
+    registry = cheap_registry()
+    registry.register(Both)
+    registry.register(Takes)
+
+    def mismatched(inputs: dict[str, Any]) -> list[str]:
+        prompt = {"t": {"class_type": "Text", "inputs": {}}, "b": {"class_type": "Both", "inputs": {}},
+                  "k": {"class_type": "Takes", "inputs": inputs}}
+        errors = validate(prompt, registry, Environment(tmp_path)).node_errors
+        return sorted(e["extra_info"]["input_name"] for e in errors["k"]["errors"]) if errors else []
+
+    assert mismatched({"anything": ["t", 0], "number_or_text": ["t", 0], "text": ["b", 0]}) == []
+    assert mismatched({"image": ["t", 0]}) == ["image"]
+    assert mismatched({"image": ["b", 0]}) == ["image"]
