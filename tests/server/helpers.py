@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
 import torch
 from aiohttp import web
 from latentgraph.engine.context import Environment, RunContext
@@ -27,6 +28,7 @@ class SlowImage(Node):
     RETURN_TYPES = ("IMAGE",)
     DETERMINISTIC = False
     steps_done: ClassVar[list[tuple[str, int]]] = []
+    stepped: ClassVar[threading.Condition] = threading.Condition()  # notified after each step is appended
 
     steps: int = Input(10, ge=1, le=10**6)
     delay_ms: int = Input(5, ge=0, le=10**4)
@@ -36,12 +38,22 @@ class SlowImage(Node):
     def execute(self, ctx: RunContext) -> tuple:
         for step in range(self.steps):
             ctx.check_interrupt()
-            time.sleep(self.delay_ms / 1000)
-            SlowImage.steps_done.append((ctx.prompt_id, step + 1))
+            time.sleep(self.delay_ms / 1000)  # the simulated work of one step: what the tests interrupt or watch
+            with SlowImage.stepped:
+                SlowImage.steps_done.append((ctx.prompt_id, step + 1))
+                SlowImage.stepped.notify_all()
             if self.preview:
                 ctx.preview(Image.new("RGB", (64, 48), (step % 255, 80, 160)))
             ctx.progress(step + 1, self.steps)
         return (torch.full((1, 8, 8, 3), self.value),)
+
+    @classmethod
+    def wait_for_step(cls, prompt_id: str, timeout: float = 10.0) -> None:
+        """Blocks until a SlowImage of `prompt_id` (running in this process's worker thread) has done a step, so a
+        test acts while that prompt is surely running."""
+        with cls.stepped:
+            reached = cls.stepped.wait_for(lambda: any(p == prompt_id for p, _ in cls.steps_done), timeout)
+        assert reached, f"prompt {prompt_id} did no SlowImage step within {timeout} s"
 
 
 def make_registry(full: bool = True) -> Registry:
@@ -137,6 +149,49 @@ class ThreadedServer:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(60)
+
+    def socket(self, client_id: str, headers: dict[str, str] | None = None) -> ThreadedSocket:
+        """A WebSocket to this server for a synchronous test (open it before queueing what it should hear);
+        `headers` carry a token where the server wants one."""
+        return ThreadedSocket(self, client_id, headers)
+
+
+class ThreadedSocket:
+    """A WebSocket client driven on a ThreadedServer's own loop, so a synchronous test can wait on the server's
+    events (`receive_until`) instead of polling its HTTP state."""
+
+    def __init__(self, server: ThreadedServer, client_id: str, headers: dict[str, str] | None = None) -> None:
+        self.server = server
+        self.client_id = client_id
+        self.headers = headers or {}
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    def _call(self, coroutine: Any, timeout: float) -> Any:
+        assert self.server._loop is not None, "the server is not running"
+        return asyncio.run_coroutine_threadsafe(coroutine, self.server._loop).result(timeout)
+
+    def __enter__(self) -> ThreadedSocket:
+        async def connect() -> None:
+            self._session = aiohttp.ClientSession()
+            self._ws = await self._session.ws_connect(f"{self.server.url}/ws?clientId={self.client_id}",
+                                                     headers=self.headers)
+
+        self._call(connect(), 30)
+        return self
+
+    def receive_until(self, done: Any, timeout: float = 60.0) -> list[Any]:
+        """`receive_until` on this socket, from the calling thread."""
+        return self._call(receive_until(self._ws, done, timeout), timeout + 10)
+
+    def __exit__(self, *exc: Any) -> None:
+        async def close() -> None:
+            if self._ws is not None:
+                await self._ws.close()
+            if self._session is not None:
+                await self._session.close()
+
+        self._call(close(), 30)
 
 
 async def receive_until(ws: Any, done: Any, timeout: float = 60.0) -> list[Any]:

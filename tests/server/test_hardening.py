@@ -7,6 +7,7 @@ TCP writes, chunked, or just over a limit, the way the attack run sent them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -38,6 +39,7 @@ from tests.server.helpers import (
     receive_until,
     slow_prompt,
 )
+from tests.waiting import wait_until
 
 LIMIT = 64 * 1024
 DATA = Path(__file__).parent / "data"
@@ -60,7 +62,7 @@ def http(url: str, method: str, path: str, body: bytes = b"", *, parts: int = 1,
             f"{k}: {v}\r\n" for k, v in head.items()).encode() + b"\r\n")
         try:
             for piece in pieces:
-                time.sleep(pause_s)
+                time.sleep(pause_s)  # a slow client: the body arrives in separate pieces, as under test
                 sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if chunked else piece)
             if chunked:
                 sock.sendall(b"0\r\n\r\n")
@@ -458,7 +460,7 @@ def test_a_full_database_fails_the_prompt_frees_the_worker_and_recovers(base_dir
     options = options_for(base_dir, full=False)
     assert options.registry is not None
     options.registry.register(BulkyOutput)
-    with ThreadedServer(options) as srv:
+    with ThreadedServer(options) as srv, contextlib.ExitStack() as stack:
         queue = srv.app[STATE].queue
 
         def get(path: str) -> Any:
@@ -468,16 +470,12 @@ def test_a_full_database_fails_the_prompt_frees_the_worker_and_recovers(base_dir
         prompt = slow_prompt(steps=30, delay_ms=20)
         prompt["2"] = {"class_type": "BulkyOutput", "inputs": {"images": ["1", 0], "count": 500}}
         body = json.dumps({"prompt": prompt, "prompt_id": "full-1"}).encode()
+        ws = stack.enter_context(srv.socket("full-db"))  # hears every prompt: they are queued without a client id
         assert http(srv.url, "POST", "/prompt", body)[0] == 200
-        deadline = time.monotonic() + 10
-        while not SlowImage.steps_done or SlowImage.steps_done[-1][0] != "full-1":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        SlowImage.wait_for_step("full-1")
         _fill_database(queue)
-        deadline = time.monotonic() + 20
-        while get("/queue")["queue_running"]:
-            assert time.monotonic() < deadline, "the prompt stayed running"
-            time.sleep(0.05)
+        ws.receive_until(finished({"full-1"}), timeout=20)  # sent once the worker is free again
+        assert not get("/queue")["queue_running"], "the prompt stayed running"
         job = get("/jobs/full-1")
         assert job["status"] == "failed" and "could not be stored" in job["execution_error"]["exception_message"]
         assert get("/history/full-1")["full-1"]["status"]["status_str"] == "error"
@@ -490,10 +488,7 @@ def test_a_full_database_fails_the_prompt_frees_the_worker_and_recovers(base_dir
         status, answer = http(srv.url, "POST", "/prompt", json.dumps({"prompt": image_prompt(),
                                                                       "prompt_id": "after"}).encode())
         assert status == 200, answer
-        deadline = time.monotonic() + 20
-        while "after" not in get("/history"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        ws.receive_until(finished({"after"}), timeout=20)  # sent once its record is in history
         assert get("/history/after")["after"]["status"]["status_str"] == "success"
         assert get("/history/full-1")["full-1"]["status"]["status_str"] == "error"
         with queue._lock:
@@ -556,6 +551,10 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
+def _queue_is_empty(server: ThreadedServer) -> bool:
+    return not json.loads(http(server.url, "GET", "/prompt", pause_s=0)[1])["exec_info"]["queue_remaining"]
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(hostile.KINDS), size=st.one_of(st.integers(1, 1024 * 1024 - 1),
@@ -564,10 +563,8 @@ def test_any_body_under_1mb_is_answered_within_1s_of_cpu(shared_server, kind: st
     """The whole process's CPU time (server, worker and this client) while one hostile request is answered."""
     path, data, headers = hostile.body(kind, size, seed)
     assert len(data) < 1024 * 1024
-    deadline = time.monotonic() + 60  # an accepted prompt from an earlier example runs first: its CPU is not ours
-    while json.loads(http(shared_server.url, "GET", "/prompt", pause_s=0)[1])["exec_info"]["queue_remaining"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    # an accepted prompt from an earlier example runs first: its CPU is not ours (polled: it was queued before)
+    wait_until(lambda: _queue_is_empty(shared_server), 60, "the earlier examples' prompts to finish", interval=0.02)
     start = time.process_time()
     status, answer = http(shared_server.url, "POST", path, data, headers=headers, pause_s=0)
     used = time.process_time() - start
@@ -582,10 +579,7 @@ def test_the_costliest_1mb_bodies_stay_under_100mb_of_memory(shared_server, kind
     import tracemalloc
 
     path, data, headers = hostile.body(kind, 1024 * 1024 - 1)
-    deadline = time.monotonic() + 60
-    while json.loads(http(shared_server.url, "GET", "/prompt", pause_s=0)[1])["exec_info"]["queue_remaining"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: _queue_is_empty(shared_server), 60, "the earlier tests' prompts to finish", interval=0.02)
     tracemalloc.start()
     try:
         status, _ = http(shared_server.url, "POST", path, data, headers=headers, pause_s=0, timeout=120)
