@@ -23,6 +23,7 @@ from openapi_spec_validator import validate as validate_openapi
 from PIL import Image
 
 from tests.server.helpers import ThreadedServer, finished, options_for, receive_until, write_input_image
+from tests.waiting import wait_for_event
 
 ROOT = Path(__file__).resolve().parents[2]
 TXT2IMG = ROOT / "workflows" / "txt2img.json"
@@ -135,15 +136,14 @@ async def test_a_run_with_named_inputs_is_the_prompt_with_those_widgets_set(clie
 
 async def test_without_wait_the_run_is_queued_and_followed(client, base_dir: Path) -> None:
     write_user_workflow(base_dir, "scale", image_workflow())
+    ws = await client.ws_connect("/ws?clientId=follower")  # hears the run: it is queued without a client id
     answer = await client.post("/api/workflows/scale/runs", json={"width": 10})
     assert answer.status == 202
     run = await answer.json()
     assert run["status"] in ("pending", "in_progress", "completed")
-    for _ in range(400):
-        run = await (await client.get(f"/api/workflows/scale/runs/{run['id']}")).json()
-        if run["status"] == "completed":
-            break
-        await asyncio.sleep(0.05)
+    await receive_until(ws, finished({run["id"]}))  # a run's id is its prompt's; sent once its record is in history
+    await ws.close()
+    run = await (await client.get(f"/api/workflows/scale/runs/{run['id']}")).json()
     assert run["status"] == "completed"
     assert (await pixels(client, run["outputs"]["scaled"][0]["url"])).shape == (5, 10, 3)
 
@@ -201,9 +201,12 @@ def test_no_body_makes_a_server_error(cheap_server, body, wait, ref) -> None:
 async def test_a_callback_gets_exactly_one_accepted_call_after_transient_failures(client, base_dir: Path,
                                                                                    aiohttp_server) -> None:
     calls: list[tuple[dict, str]] = []
+    accepted = asyncio.Event()
 
     async def hook(request: web.Request) -> web.Response:
         calls.append((await request.json(), request.headers.get("Idempotency-Key", "")))
+        if len(calls) >= 3:
+            accepted.set()
         return web.Response(status=500 if len(calls) <= 2 else 200)  # fails twice, then accepts
 
     receiver = web.Application()
@@ -213,10 +216,7 @@ async def test_a_callback_gets_exactly_one_accepted_call_after_transient_failure
     answer = await client.post("/api/workflows/scale/runs", params={"callback": str(server.make_url("/hook"))},
                                json={"width": 10})
     run = await answer.json()
-    for _ in range(400):
-        if len(calls) >= 3:
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_event(accepted, 20, "the callback's third call (two refused, then accepted)")
     await asyncio.sleep(2.5)  # the next retry would have come 2 s after the third call: none may come
     assert len(calls) == 3
     assert all(body["id"] == run["id"] and body["status"] == "completed" and key == run["id"] for body, key in calls)
@@ -244,9 +244,12 @@ async def test_an_idempotency_key_queues_once(client, base_dir: Path) -> None:
 
 async def test_post_prompt_takes_a_callback_and_an_idempotency_key(client, aiohttp_server) -> None:
     calls: list[dict] = []
+    accepted = asyncio.Event()
 
     async def hook(request: web.Request) -> web.Response:
         calls.append(await request.json())
+        if len(calls) >= 2:
+            accepted.set()
         return web.Response(status=503 if len(calls) == 1 else 204)
 
     receiver = web.Application()
@@ -266,10 +269,7 @@ async def test_post_prompt_takes_a_callback_and_an_idempotency_key(client, aioht
         "images": ["2", 0], "filename_prefix": "other"}}}}
     assert (await client.post("/prompt", json=changed)).status == 409
     assert (await client.post("/prompt", json={**body, "callback_url": "ftp://x"})).status == 400
-    for _ in range(200):
-        if len(calls) >= 2:
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_event(accepted, 10, "the callback's retry after the refused first call")
     await asyncio.sleep(1.2)  # a further retry would come 1 s after the accepted call: none may
     assert len(calls) == 2 and all(c["prompt_id"] == prompt_id for c in calls)
     assert calls[-1]["status"]["status_str"] == "success" and calls[-1]["outputs"]["3"]["images"]
