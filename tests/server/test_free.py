@@ -10,14 +10,10 @@ from pathlib import Path
 from latentgraph.nodes.sd.services import model_manager
 from latentgraph.server.state import STATE
 
+from tests.server.helpers import finished, receive_until
+from tests.waiting import wait_until_async
+
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "txt2img.json"
-
-
-async def _until(predicate, timeout: float = 240.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_free_empties_the_cache_and_unloads_the_models(client) -> None:
@@ -25,26 +21,24 @@ async def test_free_empties_the_cache_and_unloads_the_models(client) -> None:
     await asyncio.to_thread(state.worker.warmed.wait, 120)
     prompt = {k: v for k, v in json.loads(WORKFLOW.read_text()).items() if not v["class_type"].startswith("Workflow")}
     prompt["3"]["inputs"]["steps"] = 2
-    answer = await (await client.post("/prompt", json={"prompt": prompt})).json()
+    ws = await client.ws_connect("/ws?clientId=free-test")
+    answer = await (await client.post("/prompt", json={"prompt": prompt, "client_id": "free-test"})).json()
     prompt_id = answer["prompt_id"]
-
-    async def completed() -> bool:
-        history = await (await client.get(f"/history/{prompt_id}")).json()
-        return bool(history.get(prompt_id, {}).get("status", {}).get("completed"))
-
-    deadline = asyncio.get_running_loop().time() + 240
-    while not await completed():
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
+    await receive_until(ws, finished({prompt_id}), timeout=240)  # sent once its record is in history
+    await ws.close()
+    history = await (await client.get(f"/history/{prompt_id}")).json()
+    assert history[prompt_id]["status"]["completed"], history[prompt_id]["status"]
     executor = state.executor
     models = model_manager(executor.env)
     assert len(executor.cache) > 0 and models.keys()
 
     assert (await client.post("/free", json={"free_memory": False, "unload_models": True})).status == 200
-    await _until(lambda: not models.keys())
+    # the worker thread frees between prompts and tells nobody: polled
+    await wait_until_async(lambda: not models.keys(), 240, "the models to be unloaded")
     assert len(executor.cache) > 0  # unloading models keeps the cached results
 
     assert (await client.post("/free", json={"free_memory": True})).status == 200
     # the worker thread clears between prompts; both figures are read once it has
-    await _until(lambda: len(executor.cache) == 0 and executor.cache.bytes == 0)
+    await wait_until_async(lambda: len(executor.cache) == 0 and executor.cache.bytes == 0, 240,
+                           "the result cache to be emptied")
     assert executor.cache.stats()["entries"] == 0
