@@ -147,6 +147,7 @@ def test_same_workflow_and_seed_give_byte_identical_pngs_across_processes(tmp_pa
 
 def test_the_same_prompt_gives_the_same_png_bytes_after_a_server_restart(tmp_path: Path) -> None:
     from tests.server.test_persistence import ServerProcess
+    from tests.waiting import wait_until
 
     prompt = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
     prompt = {node_id: node for node_id, node in prompt.items() if not node["class_type"].startswith("Workflow")}
@@ -158,8 +159,8 @@ def test_the_same_prompt_gives_the_same_png_bytes_after_a_server_restart(tmp_pat
         try:
             # Queued at once after start-up: the prompt must also survive arriving during the warm-up.
             prompt_id = server.post("/prompt", {"prompt": prompt})["prompt_id"]
-            server.wait_until(lambda s=server, p=prompt_id: s.get(f"/history/{p}").get(p, {}).get("status", {})
-                              .get("completed"), timeout=240)
+            wait_until(lambda s=server, p=prompt_id: s.get(f"/history/{p}").get(p, {}).get("status", {})
+                       .get("completed"), 240, f"prompt {prompt_id} to complete on the server process")
             entry = server.get(f"/history/{prompt_id}")[prompt_id]
             image = entry["outputs"]["9"]["images"][0]
             pngs.append((tmp_path / "output" / image["subfolder"] / image["filename"]).read_bytes())

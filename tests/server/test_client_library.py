@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import signal
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.server.test_persistence import ServerProcess
+from tests.waiting import wait_until
 
 comfy_api_simplified = pytest.importorskip("comfy_api_simplified")
 
@@ -64,13 +64,12 @@ def test_plain_http_like_curl(served):
                                      method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         prompt_id = json.loads(response.read())["prompt_id"]
-    deadline = time.monotonic() + 300
-    while True:
+
+    def ended() -> dict | None:
         entry = served.get(f"/history/{prompt_id}")[prompt_id]
-        if entry["status"]["completed"] or entry["status"]["status_str"] == "error":
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+        return entry if entry["status"]["completed"] or entry["status"]["status_str"] == "error" else None
+
+    entry = wait_until(ended, 300, f"prompt {prompt_id} to end on the server process", interval=0.1)
     assert entry["status"]["status_str"] == "success", entry["status"]
     image = entry["outputs"]["9"]["images"][0]
     with urllib.request.urlopen(served.url + "/view?" + urllib.parse.urlencode(image), timeout=30) as response:

@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tests.server.helpers import slow_prompt
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
@@ -53,12 +53,6 @@ class ServerProcess:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"null")
 
-    def wait_until(self, predicate: Any, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, "condition not reached in time"
-            time.sleep(0.05)
-
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -70,16 +64,17 @@ def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path):
     try:
         ids = [first.post("/prompt", {"prompt": slow_prompt(steps=40, delay_ms=20, prefix=f"p{i}", value=i / 10)}
                           )["prompt_id"] for i in range(5)]
-        first.wait_until(lambda: first.get("/queue")["queue_running"])
+        wait_until(lambda: first.get("/queue")["queue_running"], 120, "the first prompt to run")
         running = first.get("/queue")["queue_running"][0][1]
         assert running == ids[0]
-        first.wait_until(lambda: "progress" in first.get(f"/jobs/{running}"))
+        wait_until(lambda: "progress" in first.get(f"/jobs/{running}"), 120, f"progress of {running}")
     finally:
         first.stop(signal.SIGKILL)
 
     second = ServerProcess(tmp_path)
     try:
-        second.wait_until(lambda: second.get("/prompt")["exec_info"]["queue_remaining"] == 0)
+        wait_until(lambda: second.get("/prompt")["exec_info"]["queue_remaining"] == 0, 120,
+                   "the restarted server to finish the recovered queue")
         history = second.get("/history")
         assert set(history) == set(ids), "a prompt was lost"
         killed = history[ids[0]]["status"]
@@ -92,7 +87,8 @@ def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path):
         assert second.get(f"/jobs/{ids[0]}")["status"] == "failed"
 
         again = second.post("/prompt", {"prompt": history[ids[0]]["prompt"][2]})["prompt_id"]
-        second.wait_until(lambda: second.get(f"/history/{again}")[again]["status"]["status_str"] == "success")
+        wait_until(lambda: second.get(f"/history/{again}")[again]["status"]["status_str"] == "success", 120,
+                   f"the re-queued prompt {again} to succeed")
     finally:
         assert second.stop(signal.SIGTERM) == 0
 
