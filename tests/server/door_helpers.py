@@ -15,7 +15,7 @@ import numpy as np
 from latentgraph.server.state import STATE
 from PIL import Image
 
-from tests.server.helpers import ThreadedServer, options_for, write_input_image
+from tests.server.helpers import ThreadedServer, finished, options_for, write_input_image
 
 TOKEN = "door-token"
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,17 +80,13 @@ def reference_by_prompt(server: ThreadedServer, seed: int, steps: int, text: str
     prompt["5"]["inputs"].update(width=width, height=height)
     if edit is not None:
         edit(prompt)
-    status, queued = call(server, "POST", "/prompt", {"prompt": prompt})
-    assert status == 200, queued
-    prompt_id = queued["prompt_id"]
-    import time
-
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status, entry = call(server, "GET", f"/history/{prompt_id}")
-        if entry and prompt_id in entry and entry[prompt_id]["status"]["completed"]:
-            image = entry[prompt_id]["outputs"]["9"]["images"][0]
-            query = "&".join(f"{k}={v}" for k, v in image.items())
-            return pixels(fetch(server, f"/api/view?{query}"))
-        time.sleep(0.1)
-    raise AssertionError(f"/prompt run {prompt_id} did not finish")
+    with server.socket("reference", headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        status, queued = call(server, "POST", "/prompt", {"prompt": prompt, "client_id": "reference"})
+        assert status == 200, queued
+        prompt_id = queued["prompt_id"]
+        ws.receive_until(finished({prompt_id}), timeout=600)  # sent once its record is in history
+    status, entry = call(server, "GET", f"/history/{prompt_id}")
+    assert status == 200 and entry[prompt_id]["status"]["completed"], f"/prompt run {prompt_id} failed: {entry}"
+    image = entry[prompt_id]["outputs"]["9"]["images"][0]
+    query = "&".join(f"{k}={v}" for k, v in image.items())
+    return pixels(fetch(server, f"/api/view?{query}"))
