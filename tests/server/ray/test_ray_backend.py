@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 from latentgraph.server.options import RayOptions
 
 from tests.server.helpers import ThreadedServer, finished, options_for, receive_until, write_input_image
+from tests.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,11 +53,13 @@ def server(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     options = options_for(base, preview_interval_s=0.0,
                           ray=RayOptions(workers=2, threads_per_worker=1, hang_timeout_s=120.0))
     with ThreadedServer(options) as running:
-        deadline = time.monotonic() + 240
-        while not (view := get(running, "/workers"))["ready"]:
+
+        def ready() -> bool:
+            view = get(running, "/workers")
             assert view["error"] is None, view["error"]
-            assert time.monotonic() < deadline, "the Ray workers did not start"
-            time.sleep(0.5)
+            return view["ready"]
+
+        wait_until(ready, 240, "the Ray workers to start", interval=0.5)  # other processes: no event to wait on
         yield running
 
 
@@ -86,16 +88,17 @@ async def socket(session: aiohttp.ClientSession, server: ThreadedServer, client_
 
 async def worker_running(server: ThreadedServer, prompt_id: str, min_step: int, not_pid: int | None = None,
                          timeout: float = 120.0) -> dict[str, Any]:
-    """The /workers entry of the worker running `prompt_id` once it has sampled `min_step` steps."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The /workers entry of the worker running `prompt_id` once it has sampled `min_step` steps (polled: the
+    WebSocket's progress does not say which worker process runs the prompt)."""
+    async def entry() -> dict[str, Any] | None:
         for worker in (await asyncio.to_thread(get, server, "/workers"))["workers"]:
             progress = worker["progress"] or {}
             if worker["current_prompt"] == prompt_id and worker["pid"] != not_pid and \
                     progress.get("prompt_id") == prompt_id and progress.get("value", 0) >= min_step:
                 return worker
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no worker reached step {min_step} of {prompt_id}")
+        return None
+
+    return await wait_until_async(entry, timeout, f"a worker to reach step {min_step} of {prompt_id}")
 
 
 def of_prompt(messages: list[Any], prompt_id: str) -> list[dict[str, Any]]:
@@ -162,10 +165,9 @@ async def test_two_checkpoints_alternating_are_each_loaded_once_on_one_worker(se
         # both workers start empty, whatever earlier tests left: each freed worker reports back to /workers
         async with session.post(server.url + "/free", json={"unload_models": True, "free_memory": True}) as answer:
             assert answer.status == 200
-        deadline = time.monotonic() + 60
-        while any(worker["models"] or worker["cache_entries"] for worker in get(server, "/workers")["workers"]):
-            assert time.monotonic() < deadline, get(server, "/workers")
-            await asyncio.sleep(0.1)
+        await wait_until_async(lambda: not any(worker["models"] or worker["cache_entries"]
+                                               for worker in get(server, "/workers")["workers"]),
+                               60, "both workers to report empty after /free", interval=0.1)
         ws = await socket(session, server, "affinity")
         ids = [await queue(session, server, txt2img(steps=2, seed=100 + i, ckpt=(DEMO, COPY)[i % 2]), "affinity")
                for i in range(8)]
@@ -229,10 +231,12 @@ async def test_sigkill_mid_sampling_reruns_once_then_fails_with_the_reason(serve
     reason = [m[1] for m in failed["messages"] if m[0] == "execution_error"]
     assert len(reason) == 1 and "run twice" in reason[0]["exception_message"]
     assert get(server, "/queue") == {"queue_running": [], "queue_pending": []}
-    deadline = time.monotonic() + 120
-    while not all((workers := get(server, "/workers")["workers"])[i]["alive"] for i in range(2)):
-        assert time.monotonic() < deadline, workers
-        time.sleep(0.2)
+
+    def all_alive() -> list[dict[str, Any]] | None:
+        workers = get(server, "/workers")["workers"]
+        return workers if all(workers[i]["alive"] for i in range(2)) else None
+
+    workers = wait_until(all_alive, 120, "the killed workers to be alive again", interval=0.2)
     assert sum(w["restarts"] for w in workers) == 3, "every killed worker came back"
     pids = {w["pid"] for w in workers}
     assert not pids & {first["pid"], one["pid"], two["pid"]}
