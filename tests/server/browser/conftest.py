@@ -61,6 +61,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     found: list[str] = []
     lines: list[str] = []
+    started_or_ended = threading.Event()  # set at the "listening on" line, or when the output ends (it exited)
 
     def read_output() -> None:
         assert process.stdout is not None
@@ -69,14 +70,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             match = re.search(r"listening on (http://\S+)", line)
             if match and not found:
                 found.append(match.group(1))
+                started_or_ended.set()
+        started_or_ended.set()
 
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
     try:
-        for _ in range(STARTUP_TIMEOUT_S * 10):
-            if found or process.poll() is not None:
-                break
-            threading.Event().wait(0.1)
+        started_or_ended.wait(STARTUP_TIMEOUT_S)
         if not found:
             pytest.fail("the server did not start:\n" + "".join(lines[-40:]))
         yield found[0]
