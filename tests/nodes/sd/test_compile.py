@@ -2,9 +2,12 @@
 
 Inductor compiles C++ kernels on the CPU: each first compile of a tiny network takes a minute or more, so every test
 here is slow. What is checked: compiled sampling gives eager's latents (and really ran compiled: inductor's counters
-moved, nothing fell back); a second process on the same base directory compiles nothing (inductor's and AOT
-autograd's cache counters: hits, no miss); a compile that fails (a C++ compiler that does not exist) falls back to
-eager with one warning and gives exactly eager's latents; `latentgraph run --compile` compiles the sampler's UNet.
+moved, nothing fell back); a second process on the same base directory compiles nothing (inductor's FX-graph cache:
+hits, no miss and no bypass, although the CPU graphs are frozen with pre-packed oneDNN weights, which torch alone
+would not cache; AOT autograd's cache: no miss, it bypasses frozen graphs); two checkpoints of one architecture
+compiled in one process each run their own weights (a frozen graph holds them as constants); a compile that fails (a
+C++ compiler that does not exist) falls back to eager with one warning and gives exactly eager's latents;
+`latentgraph run --compile` compiles the sampler's UNet.
 The tests share one SD1 base directory, so the later ones find its compile cache warm.
 """
 
@@ -133,9 +136,26 @@ def test_second_process_compiles_nothing(sd1: tuple[Path, Path]) -> None:
     second = run()
     assert second["inductor"].get("fxgraph_cache_hit", 0) >= 1, second["inductor"]
     assert second["inductor"].get("fxgraph_cache_miss", 0) == 0, second["inductor"]
+    assert second["inductor"].get("fxgraph_cache_bypass", 0) == 0, second["inductor"]
     assert second["aot"].get("autograd_cache_miss", 0) == 0, second["aot"]
     eager = latents("sd1", root, path, None)
     torch.testing.assert_close(torch.tensor(second["latents"]).reshape(eager.shape), eager, **TOLERANCE)
+
+
+def test_two_checkpoints_of_one_architecture_keep_their_own_weights(sd1: tuple[Path, Path], tmp_path: Path) -> None:
+    """On CPU the graph is frozen (the weights are its constants, conv/linear weights pre-packed): a second
+    checkpoint of the same architecture, compiled in the same process on the same compile cache, must run its own
+    weights, not the first one's."""
+    root, path = sd1
+    other = write_tiny_checkpoint(tmp_path / "sd1-other.safetensors", seed=1)
+    packed = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
+    first = latents("sd1", root, path, "inductor")
+    second = latents("sd1", root, other, "inductor")
+    if torch.backends.mkldnn.is_available():
+        assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > packed, "the graph was not frozen"
+    torch.testing.assert_close(first, latents("sd1", root, path, None), **TOLERANCE)
+    torch.testing.assert_close(second, latents("sd1", root, other, None), **TOLERANCE)
+    assert not torch.allclose(first, second, **TOLERANCE), "the two checkpoints should differ"
 
 
 def test_compile_failure_falls_back_to_eager(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
