@@ -33,6 +33,7 @@ class PageWatch:
     failures: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    sockets: list[Any] = field(default_factory=list)  # the page's WebSockets, to wait on their frames
 
     def attach(self, page: Any) -> None:
         def on_response(response: Any) -> None:
@@ -44,6 +45,7 @@ class PageWatch:
                 self.failures.append(f"{request.failure} {request.method} {request.url}")
 
         def on_websocket(ws: Any) -> None:
+            self.sockets.append(ws)
             ws.on("framereceived", lambda frame: self.messages.append(json.loads(frame))
                   if isinstance(frame, str) else None)
 
@@ -72,20 +74,22 @@ def open_editor(page: Any, url: str, path: str) -> tuple[PageWatch, Any]:
     return watch, response
 
 
+def _is_success(frame: str | bytes) -> bool:
+    return isinstance(frame, str) and json.loads(frame).get("type") == "execution_success"
+
+
 def run_and_wait_for_image(page: Any, watch: PageWatch) -> str:
     """Presses Run; returns the prompt id once the saved image is loaded and drawn in the SaveImage node."""
     done = len(watch.events("execution_success"))
-    with page.expect_response(lambda r: "/view?" in r.url and "filename=txt2img" in r.url,
-                              timeout=RUN_TIMEOUT_MS) as shown:
-        page.get_by_role("button", name="Run", exact=True).click()
-    assert shown.value.status == 200
-    assert shown.value.header_value("content-type") == "image/png"
-    page.wait_for_function(f"() => (window.app.graph.getNodeById({SAVE_NODE}).imgs || []).length > 0",
-                           timeout=30_000)
-    for _ in range(300):
-        if len(watch.events("execution_success")) > done:
-            break
-        page.wait_for_timeout(100)
+    # listening before the click: the page's WebSocket may carry execution_success before the image is drawn
+    with watch.sockets[-1].expect_event("framereceived", predicate=_is_success, timeout=RUN_TIMEOUT_MS + 30_000):
+        with page.expect_response(lambda r: "/view?" in r.url and "filename=txt2img" in r.url,
+                                  timeout=RUN_TIMEOUT_MS) as shown:
+            page.get_by_role("button", name="Run", exact=True).click()
+        assert shown.value.status == 200
+        assert shown.value.header_value("content-type") == "image/png"
+        page.wait_for_function(f"() => (window.app.graph.getNodeById({SAVE_NODE}).imgs || []).length > 0",
+                               timeout=30_000)
     successes = watch.events("execution_success")
     assert len(successes) > done, "execution_success never arrived on the WebSocket"
     return successes[-1]["prompt_id"]
