@@ -77,7 +77,7 @@ class Slow(Node):
             ctx.check_interrupt()
             Slow.reached.append(step)
             ctx.progress(step + 1, self.steps)
-            time.sleep(0.01)
+            time.sleep(0.01)  # a step's work: it leaves an interrupt time to land mid-node
         return (torch.tensor([float(self.steps)]),)
 
 

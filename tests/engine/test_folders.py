@@ -55,10 +55,10 @@ def test_listing_follows_added_and_removed_files_in_nested_folders(tmp_path):
     root = tmp_path / "models" / "checkpoints"
     touch(root / "a.safetensors")
     assert folders.list("checkpoints") == ["a.safetensors"]
-    time.sleep(0.01)
+    time.sleep(0.01)  # the listing is cached by directory mtime: the change must land on a later timestamp
     touch(root / "sub" / "deep" / "b.safetensors")
     assert folders.list("checkpoints") == ["a.safetensors", "sub/deep/b.safetensors"]
-    time.sleep(0.01)
+    time.sleep(0.01)  # as above: a later mtime
     os.remove(root / "sub" / "deep" / "b.safetensors")
     touch(root / "sub" / "deep" / "c.ckpt")
     assert folders.list("checkpoints") == ["a.safetensors", "sub/deep/c.ckpt"]

@@ -29,7 +29,7 @@ def main(base_dir: Path, workflow: Path) -> dict[str, float | int]:
         async def monitor() -> None:
             while True:
                 start = time.perf_counter()
-                await asyncio.sleep(TICK_S)
+                await asyncio.sleep(TICK_S)  # the probe: how late it wakes is the loop's stall
                 lags.append(time.perf_counter() - start - TICK_S)
 
         assert server._loop is not None
@@ -38,7 +38,7 @@ def main(base_dir: Path, workflow: Path) -> dict[str, float | int]:
         server.app[STATE].worker.warmed.wait(300)
         warm_up_s = time.perf_counter() - start
         lags.clear()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the measuring window of the idle baseline, not a wait for anything
         idle = max(lags)
         lags.clear()
         start = time.perf_counter()
