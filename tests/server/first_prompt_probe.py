@@ -35,7 +35,7 @@ def main(base_dir: Path, workflow: Path) -> dict[str, float | int]:
         assert server._loop is not None
         task = asyncio.run_coroutine_threadsafe(monitor(), server._loop)
         start = time.perf_counter()
-        server.app[STATE].worker.warmed.wait(300)
+        assert server.app[STATE].worker.warmed.wait(300), "the warm-up did not finish within 300 s"
         warm_up_s = time.perf_counter() - start
         lags.clear()
         time.sleep(1.0)  # the measuring window of the idle baseline, not a wait for anything

@@ -140,7 +140,7 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()
-        self._ready.wait(60)
+        assert self._ready.wait(60), "the test server did not start within 60 s"
         if self._error is not None:
             raise self._error
         return self

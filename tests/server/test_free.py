@@ -18,7 +18,7 @@ WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "txt2img.json"
 
 async def test_free_empties_the_cache_and_unloads_the_models(client) -> None:
     state = client.server.app[STATE]
-    await asyncio.to_thread(state.worker.warmed.wait, 120)
+    assert await asyncio.to_thread(state.worker.warmed.wait, 120), "the warm-up did not finish within 120 s"
     prompt = {k: v for k, v in json.loads(WORKFLOW.read_text()).items() if not v["class_type"].startswith("Workflow")}
     prompt["3"]["inputs"]["steps"] = 2
     ws = await client.ws_connect("/ws?clientId=free-test")

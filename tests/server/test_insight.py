@@ -44,7 +44,7 @@ async def test_estimate_reasons_history_jobs_and_timings_across_runs(client):
     await ws.receive_json()
     warmed = getattr(client.app[STATE].worker, "warmed", None)  # start-up imports must not race this test's
     if warmed is not None:
-        await asyncio.to_thread(warmed.wait, 120)
+        assert await asyncio.to_thread(warmed.wait, 120), "the warm-up did not finish within 120 s"
 
     cold = await estimate(client, txt2img(seed=1))
     assert sorted(n["class_type"] for n in cold["nodes"]) == sorted(

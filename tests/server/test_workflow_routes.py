@@ -97,7 +97,7 @@ async def test_bad_inputs_are_refused_by_input_name_and_nothing_is_queued(client
 async def warmed_up(client) -> None:
     """Waits for the server's start-up warm-up: it validates the shipped workflows in a thread, and a request
     validating at the same moment races it on diffusers' lazy import (a bug outside these routes, reported)."""
-    await asyncio.to_thread(client.server.app[STATE].worker.warmed.wait, 120)
+    assert await asyncio.to_thread(client.server.app[STATE].worker.warmed.wait, 120), "no warm-up within 120 s"
 
 
 async def test_a_run_with_named_inputs_is_the_prompt_with_those_widgets_set(client) -> None:
