@@ -18,19 +18,22 @@ compiles every size separately. Attention is diffusers' SDPA processor (flash / 
 
 CPU inference is compiled *frozen* (`torch._inductor.config.freezing`; it applies only under no_grad, which the
 sampling loop runs in): the weights become constants of the graph, so inductor folds the per-call work on them and
-pre-packs every convolution and linear weight once into oneDNN/MKL's blocked formats. Measured on the full-size SD1.5
-UNet (fp32, 256x256, batch-2 CFG call, 1 thread; bench/RESULTS.md, issue 20): unfrozen, the compiled step was 1.35x
-slower than eager (inductor's layout optimisation made convolutions channels-last inside the graph and so converted
-every weight, GBs, on every call; with it off, 0.93x); frozen, 0.70-0.74x. Costs: a second, packed copy of the conv
-and linear weights lives beside the module's own (the module is shared with eager workflows and keeps its weights),
-and each loaded module gets its own graph (dynamo guards a frozen graph on the identity of the parameters, so two
-checkpoints of one architecture never share weights). Torch does not cache frozen graphs that hold oneDNN (mkldnn)
-tensors in its FX-graph cache (it cannot pickle them), which would make every restart compile again (~100 s on the
-full UNet even with the C++ kernels cached); but a frozen graph's constants are never pickled, the cache takes them
-from the current module when it loads the graph, so `_frozen_mkldnn_cacheable` lets them through, keyed by dtype and
-shape (as torch keys every other frozen parameter). The AOT-autograd cache refuses frozen graphs outright, so a
-restart still traces the graph again before its FX-graph cache hit. On CUDA nothing was measured (no GPU here), so the
-settings stay torch's defaults there: no freezing, no pre-packing.
+pre-packs every convolution and linear weight once into oneDNN/MKL's blocked formats; and without inductor's layout
+optimisation, which would make the convolutions channels-last inside the graph: unfrozen, that converted every
+weight (GBs) on every call; frozen, it only adds weight copies to fold at every start. Measured on the full-size
+SD1.5 UNet (fp32, 256x256, batch-2 CFG call, 1 thread; bench/RESULTS.md, issue 20): torch's defaults made the
+compiled step 1.35x slower than eager; layout optimisation off, 0.93x; frozen, 0.73-0.76x, but a first prompt after
+a restart (8 steps) took 1.97x eager's; frozen without layout optimisation 0.71-0.74x and 1.35x. Costs: a second,
+packed copy of the conv and linear weights lives beside the module's own (the module is shared with eager workflows
+and keeps its weights), and each loaded module gets its own graph (dynamo guards a frozen graph on the identity of
+the parameters, so two checkpoints of one architecture never share weights). Torch does not cache frozen graphs that
+hold oneDNN (mkldnn) tensors in its FX-graph cache (it cannot pickle them), which would make every restart compile
+again (~100 s on the full UNet even with the C++ kernels cached); but a frozen graph's constants are never pickled,
+the cache takes them from the current module when it loads the graph, so `_frozen_mkldnn_cacheable` lets them
+through, keyed by dtype and shape (as torch keys every other frozen parameter). The AOT-autograd cache refuses
+frozen graphs outright, so a restart still traces and freezes the graph again before its FX-graph cache hit (about
+30-40 s per process on the full UNet; 20-25 s unfrozen). On CUDA nothing was measured (no GPU here), so the settings
+stay torch's defaults there: no freezing, no pre-packing, layout optimisation on.
 
 A compile failure (no C++ compiler, an unsupported operation, a backend that needs CUDA) falls back to the eager
 module with one warning, and that net stays eager; an error the eager module raises too is the input's, and is
@@ -121,7 +124,7 @@ def cache_dir(base_dir: Path, module: torch.nn.Module, options: CompileOptions) 
 def inductor_settings(device: torch.device) -> dict[str, Any]:
     """Inductor's configuration for a denoiser on `device` (why frozen on CPU only: see the module doc)."""
     if device.type == "cpu":
-        return {"fx_graph_cache": True, "freezing": True}
+        return {"fx_graph_cache": True, "freezing": True, "layout_optimization": False}
     return {"fx_graph_cache": True}
 
 
