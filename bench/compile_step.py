@@ -5,8 +5,9 @@ Four phases, each in a fresh subprocess so that "first prompt" and "restart" mea
            interleaves per-step timings of the compiled UNet (nodes/sd/compiled.py), latentgraph's eager step (the
            same `guided` call the sampling loop makes) and diffusers' eager UNet call with the same CFG batch; reports
            the largest absolute difference of the compiled output from eager. Then a resolution change 256 -> 320
-           (torch's automatic dynamic shapes: one recompile with symbolic sizes) and 320 -> 384 (no recompile: the
-           symbolic graph is reused), the time to the first step of each.
+           and 320 -> 384 with the default `CompileOptions` (`dynamic=None`: on CUDA torch's automatic dynamic shapes,
+           one recompile with symbolic sizes, reused at 384; on CPU static graphs, one compile per size, see
+           nodes/sd/compiled.py), the time to the first step of each.
   warm:    a new process on the same base directory: a first prompt (`--steps` Euler steps, timed apart from the
            model build) compiled, its inductor/AOT cache counters (a warm restart compiles nothing: no cache miss).
   eager:   a new process, the same first prompt eager.
@@ -246,8 +247,8 @@ def summary(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> Non
               f"{cold['counters_after_compile']})")
         for size in args.resize:
             r = cold[f"resize_{size}"]
-            print(f"  resolution change to {size} (automatic dynamic shapes): first step {r['first_step_s']:.1f} s, "
-                  f"next {r['next_step_s']:.2f} s, eager step {r['eager_step_s']:.2f} s")
+            print(f"  resolution change to {size} (default options, dynamic=None): first step "
+                  f"{r['first_step_s']:.1f} s, next {r['next_step_s']:.2f} s, eager step {r['eager_step_s']:.2f} s")
     if "warm" in results and "eager" in results:
         warm, eager = results["warm"], results["eager"]
         ratio = warm["first_prompt_s"] / eager["first_prompt_s"]

@@ -13,8 +13,11 @@ the duration of each call only (no process-wide setting is left changed), at
 `<base>/cache/compile/<architecture>-<dtype>-<device>-torch<version>-<backend>`, so a restart or a second worker
 finds the compiled kernels there (each entry is keyed by inductor on the input shapes too). Shapes: `dynamic=None`
 is torch's automatic mode (the first size is compiled static, the first size change recompiles once with symbolic
-height and width, later sizes reuse that); `dynamic=True` compiles symbolic sizes from the start; `dynamic=False`
-compiles every size separately. Attention is diffusers' SDPA processor (flash / memory-efficient kernels on CUDA).
+height and width, later sizes reuse that), except on CPU, where None means static: the frozen graph (below) with
+symbolic sizes stepped 1.22x slower than eager at 320x320, a static one 0.79x, and a static compile of a new size
+took 90 s against the symbolic recompile's 207 s (bench/RESULTS.md, issue 20); `dynamic=True` compiles symbolic
+sizes from the start; `dynamic=False` compiles every size separately. Attention is diffusers' SDPA processor (flash
+/ memory-efficient kernels on CUDA).
 
 CPU inference is compiled *frozen* (`torch._inductor.config.freezing`; it applies only under no_grad, which the
 sampling loop runs in): the weights become constants of the graph, so inductor folds the per-call work on them and
@@ -72,7 +75,7 @@ class CompileOptions:
     """How a MODEL's denoiser is compiled; part of the MODEL handle, so it is part of every cache key downstream."""
 
     backend: str = "inductor"
-    dynamic: bool | None = None  # None: torch's automatic dynamic shapes (static first, symbolic after a change)
+    dynamic: bool | None = None  # None: torch's automatic dynamic shapes on CUDA, static on CPU (module doc)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -184,7 +187,10 @@ class CompiledNet:
         self.directory = directory
         self.failed = False
         self.calls = 0
-        self._compiled = torch.compile(module, backend=options.backend, dynamic=options.dynamic)
+        dynamic = options.dynamic
+        if dynamic is None and next(module.parameters()).device.type == "cpu":
+            dynamic = False  # frozen CPU graphs with symbolic sizes were slower than eager (module doc)
+        self._compiled = torch.compile(module, backend=options.backend, dynamic=dynamic)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.module, name)
