@@ -158,11 +158,16 @@ def _frozen_mkldnn_cacheable(enabled: bool) -> Iterator[None]:
         return
     from unittest import mock
 
-    from torch._inductor import codecache
-    from torch._inductor.freezing_utils import is_frozen_param
+    try:  # private torch functions, as in torch 2.13
+        from torch._inductor import codecache
+        from torch._inductor.freezing_utils import is_frozen_param
 
-    check_tensor = codecache.CacheabilityValidator.check_tensor
-    reduce_tensor = codecache.FxGraphCachePickler._reduce_tensor
+        check_tensor = codecache.CacheabilityValidator.check_tensor
+        reduce_tensor = codecache.FxGraphCachePickler._reduce_tensor
+    except (ImportError, AttributeError):  # another torch: frozen graphs stay right, compiled again per process
+        log.info("this torch's FX-graph cache keeps no frozen oneDNN graphs: each new process compiles again")
+        yield
+        return
 
     def checked(t: torch.Tensor) -> None:
         if not (t.is_mkldnn and is_frozen_param(t)):
