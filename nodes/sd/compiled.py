@@ -45,6 +45,7 @@ raised as it is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -153,27 +154,19 @@ def _frozen_mkldnn_cacheable(enabled: bool) -> Iterator[None]:
     only those are let through, and keyed by dtype and shape instead of their values, as torch keys other frozen
     parameters. Everything else goes through torch's own code.
     """
-    if not enabled:
+    tools = _torch_cache_functions() if enabled else None
+    if tools is None:
         yield
         return
     from unittest import mock
 
-    try:  # private torch functions, as in torch 2.13
-        from torch._inductor import codecache
-        from torch._inductor.freezing_utils import is_frozen_param
-
-        check_tensor = codecache.CacheabilityValidator.check_tensor
-        reduce_tensor = codecache.FxGraphCachePickler._reduce_tensor
-    except (ImportError, AttributeError):  # another torch: frozen graphs stay right, compiled again per process
-        log.info("this torch's FX-graph cache keeps no frozen oneDNN graphs: each new process compiles again")
-        yield
-        return
+    codecache, is_frozen_param, check_tensor, reduce_tensor = tools
 
     def checked(t: torch.Tensor) -> None:
         if not (t.is_mkldnn and is_frozen_param(t)):
             check_tensor(t)
 
-    def reduced(self: codecache.FxGraphCachePickler, t: torch.Tensor) -> tuple[Any, ...]:
+    def reduced(self: Any, t: torch.Tensor) -> tuple[Any, ...]:
         if t.is_mkldnn and is_frozen_param(t):
             return (codecache._ident, (("frozen-mkldnn", str(t.dtype), tuple(t.shape)),))
         return reduce_tensor(self, t)
@@ -181,6 +174,22 @@ def _frozen_mkldnn_cacheable(enabled: bool) -> Iterator[None]:
     with (mock.patch.object(codecache.CacheabilityValidator, "check_tensor", staticmethod(checked)),
           mock.patch.object(codecache.FxGraphCachePickler, "_reduce_tensor", reduced)):
         yield
+
+
+@functools.cache
+def _torch_cache_functions() -> tuple[Any, Any, Any, Any] | None:
+    """The private torch functions `_frozen_mkldnn_cacheable` wraps (as in torch 2.13), or None (said once) on a torch
+    without them: frozen graphs stay right there, only compiled again in each process."""
+    try:
+        from torch._inductor import codecache
+        from torch._inductor.freezing_utils import is_frozen_param
+
+        check_tensor = codecache.CacheabilityValidator.check_tensor
+        reduce_tensor = codecache.FxGraphCachePickler._reduce_tensor
+    except (ImportError, AttributeError):
+        log.info("this torch's FX-graph cache keeps no frozen oneDNN graphs: each new process compiles again")
+        return None
+    return codecache, is_frozen_param, check_tensor, reduce_tensor
 
 
 class CompiledNet:
@@ -192,8 +201,9 @@ class CompiledNet:
         self.directory = directory
         self.failed = False
         self.calls = 0
+        self.device = next(module.parameters()).device
         dynamic = options.dynamic
-        if dynamic is None and next(module.parameters()).device.type == "cpu":
+        if dynamic is None and self.device.type == "cpu":
             dynamic = False  # frozen CPU graphs with symbolic sizes were slower than eager (module doc)
         self._compiled = torch.compile(module, backend=options.backend, dynamic=dynamic)
 
@@ -209,7 +219,7 @@ class CompiledNet:
             log.info("compiling %s with %s (cached under %s; the first call of each new size takes a while)",
                      type(self.module).__name__, self.options.backend, self.directory)
         try:
-            with compile_scope(self.directory, next(self.module.parameters()).device):
+            with compile_scope(self.directory, self.device):
                 if self.options.backend == "cudagraphs":
                     torch.compiler.cudagraph_mark_step_begin()
                     return _cloned(self._compiled(*args, **kwargs))
