@@ -563,12 +563,21 @@ def test_any_body_under_1mb_is_answered_within_1s_of_cpu(shared_server, kind: st
     """The whole process's CPU time (server, worker and this client) while one hostile request is answered."""
     path, data, headers = hostile.body(kind, size, seed)
     assert len(data) < 1024 * 1024
-    # an accepted prompt from an earlier example runs first: its CPU is not ours (polled: it was queued before)
-    wait_until(lambda: _queue_is_empty(shared_server), 60, "the earlier examples' prompts to finish", interval=0.02)
-    start = time.process_time()
-    status, answer = http(shared_server.url, "POST", path, data, headers=headers, pause_s=0)
-    used = time.process_time() - start
-    assert status < 500, (kind, size, answer[:300])
+
+    def cpu_of_one_answer() -> float:
+        # an accepted prompt from an earlier example runs first: its CPU is not ours (polled: it was queued before)
+        wait_until(lambda: _queue_is_empty(shared_server), 60, "the earlier prompts to finish", interval=0.02)
+        start = time.process_time()
+        status, answer = http(shared_server.url, "POST", path, data, headers=headers, pause_s=0)
+        assert status < 500, (kind, size, answer[:300])
+        return time.process_time() - start
+
+    # The process's CPU time also counts whatever else ran meanwhile (a garbage collection, the loop's other work;
+    # a loaded CI run once read 1.23 s, then well under 1 s for the same body): a body that really costs a second
+    # costs it every time, so a second answer is asked for before failing, and the lower figure counts.
+    used = cpu_of_one_answer()
+    if used >= 1.0:
+        used = min(used, cpu_of_one_answer())
     assert used < 1.0, (kind, size, used)
 
 
