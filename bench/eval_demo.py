@@ -6,6 +6,7 @@ against the targets (colour >= 90%, background >= 95%, shape >= 70%), and writes
 contact sheet PNG (green frame: all three attributes read right).
 
     python bench/eval_demo.py [--checkpoint NAME_OR_PATH] [--count 56] [--cfg 7] [--steps 20]
+        [--sampler euler] [--scheduler normal]
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=56, help="held-out prompts to generate")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--sampler", default="euler", help="sampler_name (ComfyUI's names)")
+    parser.add_argument("--scheduler", default="normal", help="noise schedule (ComfyUI's names)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=CARD_DIR / "latentgraph-demo-eval.json")
     parser.add_argument("--sheet", type=Path, default=CARD_DIR / "latentgraph-demo-samples.png")
@@ -44,7 +47,7 @@ def main() -> int:
     checkpoint = Path(args.checkpoint)
     extra = checkpoint.resolve().parent if checkpoint.exists() else None
     settings = Settings(checkpoint=checkpoint.name if extra else args.checkpoint, steps=args.steps, cfg=args.cfg,
-                        seed=args.seed)
+                        sampler=args.sampler, scheduler=args.scheduler, seed=args.seed)
     scenes = held_out_scenes(args.count)
     with tempfile.TemporaryDirectory() as base:
         executor = make_executor(Path(base), extra_checkpoints=extra)
@@ -54,8 +57,8 @@ def main() -> int:
         seconds = time.perf_counter() - start
     accuracy, readings = score(images, scenes)
     contact_sheet(images, scenes, readings, args.sheet)
-    print(f"{len(scenes)} held-out prompts, {settings.steps} {settings.sampler} steps, cfg {settings.cfg}, "
-          f"{settings.size}x{settings.size}, {seconds:.1f} s")
+    print(f"{len(scenes)} held-out prompts, {settings.steps} {settings.sampler} ({settings.scheduler}) steps, "
+          f"cfg {settings.cfg}, {settings.size}x{settings.size}, {seconds:.1f} s")
     print(f"{'attribute':<12}{'accuracy':>10}{'target':>10}  met")
     met = True
     for name in ("colour", "background", "shape"):

@@ -9,7 +9,8 @@ classifier. The in-template column is bench/eval_demo.py's set: the 56 held-out 
 original form. Prints both side by side, writes the results as JSON and contact sheets (green frame: colour, shape
 and background all read right).
 
-    python bench/eval_paraphrase.py [--checkpoint NAME_OR_PATH] [--json PATH] [--no-template]
+    python bench/eval_paraphrase.py [--checkpoint NAME_OR_PATH] [--json PATH] [--no-template] [--steps 20] [--cfg 7]
+        [--sampler euler] [--scheduler normal]
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=Path, default=PROMPTS)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--sampler", default="euler", help="sampler_name (ComfyUI's names)")
+    parser.add_argument("--scheduler", default="normal", help="noise schedule (ComfyUI's names)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-template", action="store_true", help="skip the in-template held-out prompts")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "paraphrase_eval.json")
@@ -74,7 +77,7 @@ def main() -> int:
     checkpoint = Path(args.checkpoint)
     extra = checkpoint.resolve().parent if checkpoint.exists() else None
     settings = Settings(checkpoint=checkpoint.name if extra else args.checkpoint, steps=args.steps, cfg=args.cfg,
-                        seed=args.seed)
+                        sampler=args.sampler, scheduler=args.scheduler, seed=args.seed)
     rows = load_paraphrases(args.prompts)
     sets: dict[str, tuple[list[str], list[Scene]]] = {
         "paraphrased": ([r["prompt"] for r in rows], [label_scene(r) for r in rows]),
@@ -104,8 +107,8 @@ def main() -> int:
                 if args.sheet is not None:
                     contact_sheet(images, scenes, readings, args.sheet, columns=12)
     seconds = time.perf_counter() - start
-    print(f"{settings.checkpoint}: {settings.steps} {settings.sampler} steps, cfg {settings.cfg}, "
-          f"{settings.size}x{settings.size}, seed {settings.seed}+index, {seconds:.0f} s")
+    print(f"{settings.checkpoint}: {settings.steps} {settings.sampler} ({settings.scheduler}) steps, "
+          f"cfg {settings.cfg}, {settings.size}x{settings.size}, seed {settings.seed}+index, {seconds:.0f} s")
     columns = list(results)
     headers = [f"{c} ({results[c]['count']})" for c in columns]
     print(f"{'attribute':<12}" + "".join(f"{h:>30}" for h in headers) + f"{'target (paraphrased)':>22}")
