@@ -1,19 +1,19 @@
 """Compiled vs eager denoiser steps on the full-size SD1.5 UNet architecture (random weights), CPU by default.
 
 Four phases, each in a fresh subprocess so that "first prompt" and "restart" mean what they say:
-  cold:    an empty compile cache under a fresh base directory. Times the first compiled step (the compile), then
-           interleaves per-step timings of the compiled UNet (nodes/sd/compiled.py), latentgraph's eager step (the
-           same `guided` call the sampling loop makes) and diffusers' eager UNet call with the same CFG batch; reports
-           the largest absolute difference of the compiled output from eager. Then a resolution change 256 -> 320
-           and 320 -> 384 with the default `CompileOptions` (`dynamic=None`: on CUDA torch's automatic dynamic shapes,
-           one recompile with symbolic sizes, reused at 384; on CPU static graphs, one compile per size, see
-           nodes/sd/compiled.py), the time to the first step of each.
+  cold:    an empty compile cache under a fresh base directory. Times the first compiled step (the compile: on CPU
+           the export and the AOTInductor library, nodes/sd/compiled.py), then interleaves per-step timings of the
+           compiled UNet, latentgraph's eager step (the same `guided` call the sampling loop makes) and diffusers'
+           eager UNet call with the same CFG batch; reports the largest absolute difference of the compiled output
+           from eager. Then a resolution change 256 -> 320 and 320 -> 384 with the default `CompileOptions` (on CPU
+           a library per size; on CUDA torch's automatic dynamic shapes, one recompile with symbolic sizes, reused
+           at 384), the time to the first step of each.
   warm:    a new process on the same base directory: a first prompt (`--steps` Euler steps, timed apart from the
-           model build) compiled, its inductor/AOT cache counters (a warm restart compiles nothing: no cache miss).
+           model build) compiled: on CPU it loads the library the cold phase made (a warm restart compiles nothing).
   eager:   a new process, the same first prompt eager.
-  static:  a new process with `dynamic=False` (every size compiled on its own, no symbolic shapes): the first step
-           at `--size` (its graph is in the cache the cold phase filled), then the first step at the first
-           `--resize` size, which compiles a static graph from scratch: the resolution change without dynamic shapes.
+  static:  a new process with `dynamic=False` (CUDA: every size compiled on its own, no symbolic shapes; on CPU the
+           same as the default): the first step at `--size` (from the cache the cold phase filled), then the first
+           step at the first `--resize` size.
 Run: OMP_NUM_THREADS=1 python bench/compile_step.py [--size 256] [--steps 8] [--tiny] [--phases ...] [--base DIR]
 (--tiny: the test UNet at 64x64, to check the logic; --phases cold, then --phases eager warm static with the same
 --base, splits a long run in two). The warm phase times the interleaved steps again, from the restored cache.
@@ -128,7 +128,9 @@ def phase(args: argparse.Namespace) -> dict[str, Any]:
     unet = build_unet(args.tiny)
     built = time.perf_counter() - started
     options = CompileOptions("inductor", dynamic=False if args.phase == "static" else None)
-    net = compiled(unet, options, args.base)
+    compiled_net = compiled(unet, options, args.base)
+    # the weights are a function of the seed (build_unet), so every phase's process names them alike
+    net = compiled_net.bound(f"{'tiny' if args.tiny else 'full-size'} SD1.5 UNet, random, seed 0")
     result: dict[str, Any] = {"build_s": built}
     if args.phase == "static":
         x, positive, negative = inputs(unet, args.size)
@@ -139,7 +141,7 @@ def phase(args: argparse.Namespace) -> dict[str, Any]:
             first, second, eager = resized(unet, net, args.resize[0], t)
         result[f"resize_{args.resize[0]}"] = {"first_step_s": first, "next_step_s": second, "eager_step_s": eager}
         result["counters"] = counters()
-        result["fell_back"] = net.failed
+        result["fell_back"] = compiled_net.failed
         return result
     if args.phase == "eager":
         result["first_prompt_s"] = first_prompt(unet, unet, args.size, args.steps)
@@ -148,7 +150,7 @@ def phase(args: argparse.Namespace) -> dict[str, Any]:
         result["first_prompt_s"] = first_prompt(unet, net, args.size, args.steps)
         result["counters"] = counters()
         result.update(step_rounds(unet, net, args))  # the per-step figures again, on a machine that may be quieter
-        result["fell_back"] = net.failed
+        result["fell_back"] = compiled_net.failed
         return result
     with torch.no_grad():
         x, positive, negative = inputs(unet, args.size)
@@ -159,7 +161,7 @@ def phase(args: argparse.Namespace) -> dict[str, Any]:
         for size in args.resize:
             first, second, eager = resized(unet, net, size, t)
             result[f"resize_{size}"] = {"first_step_s": first, "next_step_s": second, "eager_step_s": eager}
-    result["fell_back"] = net.failed
+    result["fell_back"] = compiled_net.failed
     return result
 
 

@@ -224,9 +224,10 @@ def step_phase(model: str, size: int, unet: torch.nn.Module, args: argparse.Name
             if left() < need:
                 result[f"{backend}_skipped"] = f"{left():.0f} s left, {need} s needed"
                 continue
-            net = compiled(unet, CompileOptions(backend), base)
+            compiled_net = compiled(unet, CompileOptions(backend), base)
+            net = compiled_net.bound(f"{model} random weights")
             result[f"{backend}_compile_s"], out = clocked(lambda n=net: ours(n, x, t, positive, negative))
-            if net.failed:
+            if compiled_net.failed:
                 result[f"{backend}_skipped"] = "compile failed, fell back to eager (see the warning above)"
                 continue
             result[f"{backend}_max_abs_diff"] = float((out - eager_out).abs().max())

@@ -2,7 +2,7 @@
 
 ComfyUI's node wraps the diffusion model in `torch.compile` for the process's lifetime; here the compiled module is
 kept with the loaded model in the model manager (shared by every workflow on that checkpoint, dropped with it), and
-inductor's compiled graphs are cached under the base directory, so a restart does not compile again
+the compiled code is kept under the base directory, so a restart does not compile again
 (nodes/sd/compiled.py). The options are part of the MODEL handle: a compiled MODEL's results are cached apart from
 the eager one's. A backend that cannot run on this machine is refused at validation; a compile failure at run time
 falls back to eager with a warning.

@@ -211,9 +211,9 @@ def sample_custom(guider: Guider, sampler: SamplerChoice, sigmas: torch.Tensor, 
     previews = _Previews(preview)
     last: dict[str, torch.Tensor] = {}
     calls = _Calls(ms)
-    within_step = check_interrupt if samples_in.shape[-2] * samples_in.shape[-1] >= BLOCK_CHECKS_MIN_AREA else None
+    per_block = samples_in.shape[-2] * samples_in.shape[-1] >= BLOCK_CHECKS_MIN_AREA
     positive, negative = guider.conditionings()
-    with guider.model.use() as used, interrupt_checks(used, within_step) as net, \
+    with guider.model.use() as used, interrupt_checks(used, check_interrupt, per_block) as net, \
             controlled(guider.model.denoiser(), positive, negative, calls) as denoiser:
         device = net.device
         # ComfyUI leaves an all-zero (empty) latent unshifted

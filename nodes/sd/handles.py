@@ -124,6 +124,13 @@ class ModelHandle(_Handle):
         functions = [p.cfg_function for p in self.model_patches if p.cfg_function is not None]
         return functions[-1] if functions else None
 
+    @property
+    def weights_name(self) -> str:
+        """Names what the network computes while in use: its file content and dtype, LoRAs and hooks (a compiled
+        library holds the weights as constants, so it is made and found by this name)."""
+        lora = [(p.identity, p.target, p.strength) for p in self.patches]
+        return repr((self.component.key, lora, self.model_patches))
+
     def noise_space(self, sampler_name: str, scheduler_name: str) -> NoiseSpace:
         """The sampling loop's strategy for this model, as its family says (eps, v, flow...)."""
         return self.family.noise_space(self, sampler_name, scheduler_name)
@@ -138,7 +145,7 @@ class ModelHandle(_Handle):
             with patched(unet, self.patches, self.manager) if self.patches else nullcontext(), ExitStack() as stack:
                 for patch in self.model_patches:
                     stack.enter_context(patch.attached(unet))
-                yield maybe_compiled(unet, self.compile, self.env)
+                yield maybe_compiled(unet, self.compile, self.env, self.weights_name)
 
 
 @dataclass(frozen=True)

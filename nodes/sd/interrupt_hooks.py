@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -21,9 +22,14 @@ def blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextmanager
-def interrupt_checks(net: torch.nn.Module, check: Callable[[], None] | None) -> Iterator[torch.nn.Module]:
-    """Calls `check` (which raises to stop) before each block of `net` runs, while the context lasts."""
-    if check is None or not isinstance(net, torch.nn.Module):
+def interrupt_checks(net: Any, check: Callable[[], None] | None, per_block: bool) -> Iterator[Any]:
+    """Calls `check` (which raises to stop) before each block of `net` runs (`per_block`: a hook per block costs
+    time, worth it where one call is long), while the context lasts. A compiled net (nodes/sd/compiled.py) has no
+    blocks to hook; it gets `check` for the time it waits for a compile."""
+    if check is not None and hasattr(net, "with_interrupt"):
+        yield net.with_interrupt(check)
+        return
+    if check is None or not per_block or not isinstance(net, torch.nn.Module):
         yield net
         return
 

@@ -435,8 +435,8 @@ def run(request: SamplingRequest) -> dict[str, Any]:
     needs_step = cfg_function is not None or placed_conditioning(r.positive, r.negative)
     # Checks inside a denoiser call (before each block) only where one call is long: they cost the hook dispatch on
     # every block (6% of a step of a 64x64-pixel image on the demo model), and between steps is soon enough there.
-    within_step = r.check_interrupt if samples_in.shape[-2] * samples_in.shape[-1] >= BLOCK_CHECKS_MIN_AREA else None
-    with r.model.use() as used, interrupt_checks(used, within_step) as net, \
+    per_block = samples_in.shape[-2] * samples_in.shape[-1] >= BLOCK_CHECKS_MIN_AREA
+    with r.model.use() as used, interrupt_checks(used, r.check_interrupt, per_block) as net, \
             controlled(denoiser, r.positive, r.negative, space) as denoiser:
         device = net.device
         space.set_timesteps(total, device)

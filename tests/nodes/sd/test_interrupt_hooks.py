@@ -45,7 +45,7 @@ def test_the_interrupt_stops_a_forward_between_blocks_and_the_hooks_go_away() ->
         token.check()
 
     ran.clear()
-    with interrupt_checks(unet, check), pytest.raises(Interrupted), torch.no_grad():
+    with interrupt_checks(unet, check, per_block=True), pytest.raises(Interrupted), torch.no_grad():
         unet(*args)
     assert len(ran) == 5  # stopped before the sixth block ran, not after the whole network
     ran.clear()
