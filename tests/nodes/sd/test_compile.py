@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -239,9 +240,17 @@ def processes_mentioning(text: str) -> list[str]:
 def test_interrupt_stops_a_running_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
     """The first compile runs in a child process: it says how long it has taken while it runs, and an interrupt
-    stops it at once: the interrupt reaches the caller, the child and its compilers are gone, nothing is left in the
-    cache, and the net is not marked as failed (the next call compiles again)."""
+    stops it at once: the interrupt reaches the caller, the child was killed (not waited for) and its compilers are
+    gone, nothing is left in the cache, and the net is not marked as failed (the next call compiles again)."""
     monkeypatch.setattr(compiled_module, "PROGRESS_SECONDS", 1.0)
+    children: list[subprocess.Popen] = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            children.append(self)
+
+    monkeypatch.setattr(compiled_module.subprocess, "Popen", Recorded)
     unet = build_tiny_pipeline_components(seed=0).unet
     net = compiled_module.compiled(unet, compiled_module.CompileOptions(), tmp_path)
     checks = 0
@@ -257,6 +266,7 @@ def test_interrupt_stops_a_running_compile(tmp_path: Path, monkeypatch: pytest.M
     with (caplog.at_level(logging.INFO, logger=COMPILED_LOGGER), pytest.raises(Interrupted), torch.no_grad()):
         net.bound("tiny, seed 0").with_interrupt(check)(x, torch.tensor(500.0), encoder_hidden_states=context)
     assert checks == 12
+    assert [child.returncode for child in children] == [-signal.SIGKILL], "the compiler process was not stopped"
     assert not processes_mentioning(str(tmp_path)), "the compiler process outlived the interrupt"
     assert not list((tmp_path / "cache" / "compile").glob("*/packages/*")), "an interrupted compile left files"
     assert not net.failed
