@@ -17,14 +17,14 @@ Two ways of compiling, chosen by device:
   library, so inductor folds the per-call work on them and pre-packs every convolution and linear weight into
   oneDNN/MKL's blocked formats, without inductor's layout optimisation (which only added weight copies). A later
   process, or a second worker, loads the library and calls it: no tracing, no compiling. Measured on the full-size
-  SD1.5 UNet (fp32, 256x256, batch-2 CFG call, 1 thread; bench/RESULTS.md, issue 20): a step 0.72x eager's; the
-  first compile about 4 minutes; a restart loads the library (3.5 GB of packed weights) in about 10 s, where the
-  just-in-time path (`torch.compile`, kept for CUDA) traced and froze the graph again in every process (about 30
-  s). Sizes are static: each new size is a new library, compiled once per machine. Costs: the packed weights live
-  beside the module's own (the module is shared with eager workflows and keeps its weights), and on disk once per
-  weights and size (the folder can be deleted at any time). Because the weights are baked in, the library is keyed
-  by them: a LoRA applied to the shared module (nodes/sd/lora.py patches it in place for the run) gets a library of
-  its own instead of running the base weights.
+  SD1.5 UNet (fp32, 256x256, batch-2 CFG call, 1 thread; bench/RESULTS.md, issue 20): a step 0.73-0.77x eager's; the
+  first compile about 5 minutes; the first prompt after a restart 1.02x an eager one (the library, 3.5 GB of packed
+  weights, loads in 10-15 s), where the just-in-time path (`torch.compile`, kept for CUDA) traced and froze the graph
+  again in every process (1.35x). Sizes are static: each new size is a new library, compiled once per machine. Costs:
+  the packed weights live beside the module's own (the module is shared with eager workflows and keeps its weights),
+  and on disk once per weights and size (the folder can be deleted at any time). Because the weights are baked in, the
+  library is keyed by them: a LoRA applied to the shared module (nodes/sd/lora.py patches it in place for the run)
+  gets a library of its own instead of running the base weights.
 - **CUDA (and the cudagraphs backend): just in time.** `torch.compile` with torch's defaults (no freezing: weights are
   read at every call, so in-place LoRA patches are seen), inductor's FX-graph and AOT-autograd caches pointed, for
   the duration of each call only, at the same folder, so a restart reuses the compiled kernels. `dynamic=None` is
