@@ -249,7 +249,7 @@ def summary(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> Non
               f"{cold['counters_after_compile']})")
         for size in args.resize:
             r = cold[f"resize_{size}"]
-            print(f"  resolution change to {size} (default options, dynamic=None): first step "
+            print(f"  resolution change to {size} (default options: on CPU a library per size): first step "
                   f"{r['first_step_s']:.1f} s, next {r['next_step_s']:.2f} s, eager step {r['eager_step_s']:.2f} s")
     if "warm" in results and "eager" in results:
         warm, eager = results["warm"], results["eager"]
