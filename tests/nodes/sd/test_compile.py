@@ -4,8 +4,8 @@ On the CPU a denoiser is compiled ahead of time (torch.export + AOTInductor, fro
 directory: each first compile of a tiny network takes a minute or more, so every test here is slow. What is checked:
 compiled sampling gives eager's latents (and really ran compiled: a library was made and loaded, nothing fell back);
 a second process on the same base directory compiles nothing (it loads the library: no export, no inductor work);
-two checkpoints of one architecture compiled in one process each run their own weights, and so does one model with
-and without a LoRA patched into its shared weights (a library holds the weights as constants); a compile that fails
+a library holds the weights as constants, so it is named by them (another checkpoint, a LoRA: another name), and
+one model with and without a LoRA patched into its shared weights runs its own weights each time; a compile that fails
 (a C++ compiler that does not exist) falls back to eager with one warning and gives exactly eager's latents; a
 running compile reports its progress and an interrupt stops it, its processes and its files at once;
 `latentgraph run --compile` compiles the sampler's UNet.
@@ -110,6 +110,9 @@ def test_compiled_equals_eager(family: str, sd1: tuple[Path, Path], tmp_path: Pa
     assert not messages(caplog, logging.WARNING), "the compiled run fell back to eager"
     assert loaded_libraries(caplog) == 1, messages(caplog)
     assert list((root / "cache" / "compile").glob("*/packages/*/**/*.so")), "no library under the base directory"
+    if family == "sd1" and torch.backends.mkldnn.is_available():  # frozen: oneDNN on weights packed beforehand
+        wrappers = list((root / "cache" / "compile").rglob("*.wrapper.cpp"))
+        assert wrappers and all("mkldnn__convolution_pointwise" in w.read_text() for w in wrappers), wrappers
     torch.testing.assert_close(compiled, eager, **TOLERANCE)
     assert not torch.equal(eager, torch.zeros_like(eager))
 
@@ -154,21 +157,25 @@ def test_second_process_compiles_nothing(sd1: tuple[Path, Path]) -> None:
     torch.testing.assert_close(torch.tensor(second["latents"]).reshape(eager.shape), eager, **TOLERANCE)
 
 
-def test_two_checkpoints_of_one_architecture_keep_their_own_weights(sd1: tuple[Path, Path], tmp_path: Path) -> None:
-    """On CPU the graph is frozen (the weights are its constants, conv/linear weights pre-packed): a second
-    checkpoint of the same architecture, compiled in the same process on the same compile cache, must run its own
-    weights, not the first one's."""
+def test_a_library_is_named_by_the_weights_it_holds(sd1: tuple[Path, Path], tmp_path: Path) -> None:
+    """On CPU the graph is frozen (the weights are its constants), so a library is found by the model's weights
+    name: another checkpoint of the same architecture, or the same one with a LoRA, must get another name (and so
+    compile its own library, as the LoRA test below shows end to end); the same checkpoint loaded again, the same."""
     root, path = sd1
-    other = write_tiny_checkpoint(tmp_path / "sd1-other.safetensors", seed=1)
-    first = latents("sd1", root, path, "inductor")
-    second = latents("sd1", root, other, "inductor")
-    if torch.backends.mkldnn.is_available():  # frozen: the library calls oneDNN on weights it packed beforehand
-        wrappers = list((root / "cache" / "compile").rglob("*.wrapper.cpp"))
-        assert len(wrappers) >= 2, wrappers  # one library per checkpoint
-        assert wrappers and all("mkldnn__convolution_pointwise" in w.read_text() for w in wrappers), wrappers
-    torch.testing.assert_close(first, latents("sd1", root, path, None), **TOLERANCE)
-    torch.testing.assert_close(second, latents("sd1", root, other, None), **TOLERANCE)
-    assert not torch.allclose(first, second, **TOLERANCE), "the two checkpoints should differ"
+    other = write_tiny_checkpoint(root / "models" / "checkpoints" / "sd1-other.safetensors", seed=1)
+    parts = build_tiny_pipeline_components(seed=0)
+    write_random_lora(root / "models" / "loras" / "named.safetensors", parts.unet, parts.text_encoder, seed=6)
+    env = make_environment(root)
+
+    def model(checkpoint: Path, lora: str | None = None) -> Any:
+        handle, clip, _ = checkpoint_handles(inspect_checkpoint(checkpoint), env)
+        if lora is not None:
+            handle = LoraLoader(model=handle, clip=clip, lora_name=lora).execute(run_context(env))[0]
+        return handle
+
+    names = [model(path).weights_name, model(other).weights_name, model(path, "named.safetensors").weights_name]
+    assert len(set(names)) == 3, names
+    assert model(path).weights_name == names[0]
 
 
 def test_lora_on_a_compiled_model_runs_the_patched_weights(sd1: tuple[Path, Path]) -> None:
