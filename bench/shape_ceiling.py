@@ -5,7 +5,7 @@ on the held-out (colour, shape, background) triples at 64x64, with the classifie
 shape on:
 
   (0) the full model's images (UNet + VAE), read from a stored eval JSON (`--eval-json`, default
-      bench/paraphrase_eval_finetuned.json, its in-template samples: size and shape are in the prompt);
+      bench/paraphrase_eval.json, its in-template samples: size and shape are in the prompt);
   (1) ground-truth renders: what the classifier alone gets right;
   (2) the shipped checkpoint's VAE reconstructions (encode with latent_dist.mode(), as the engine's VAEEncode,
       then decode): the ceiling any UNet can reach through this decoder;
@@ -55,7 +55,7 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "nodes" / "sd" / "assets" / "checkpoints" / "latentgraph-demo.safetensors"
-EVAL_JSON = ROOT / "bench" / "paraphrase_eval_finetuned.json"
+EVAL_JSON = ROOT / "bench" / "paraphrase_eval.json"
 RESOLUTION = 64
 BATCH = 32
 

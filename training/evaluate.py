@@ -61,6 +61,10 @@ def make_executor(base_dir: Path, extra_checkpoints: Path | None = None, extra_l
     env = make_environment(base_dir)
     if extra_checkpoints is not None:
         env.folders.add("checkpoints", extra_checkpoints)
+        for file in Path(extra_checkpoints).glob("*.safetensors"):  # a same-named model found first would be run
+            found = env.folders.find("checkpoints", file.name)
+            if found != file.resolve():
+                raise ValueError(f"{file} has the name of {found}, which is found first: copy it under another name")
     if extra_loras is not None:
         env.folders.add("loras", extra_loras)
     return Executor(load_registry(), env)

@@ -27,7 +27,8 @@ class Architecture:
     unet_channels: tuple[int, ...] = (64, 96, 96)
     unet_layers_per_block: int = 1
     text_hidden: int = 64
-    text_layers: int = 2
+    text_layers: int = 4
+    text_heads: int = 4
     text_intermediate: int = 256
 
     def as_dict(self) -> dict:
@@ -72,7 +73,7 @@ def build_text_encoder(arch: Architecture) -> CLIPTextModel:
         hidden_size=arch.text_hidden,
         intermediate_size=arch.text_intermediate,
         num_hidden_layers=arch.text_layers,
-        num_attention_heads=max(1, arch.text_hidden // 64),
+        num_attention_heads=arch.text_heads,
         max_position_embeddings=77,
         hidden_act="quick_gelu",
         bos_token_id=49406,

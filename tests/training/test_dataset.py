@@ -34,7 +34,22 @@ def test_captions_match_pixels() -> None:
         reading = classify(pixels)
         assert (reading.colour, reading.shape, reading.background) == (scene.colour, scene.shape, scene.background)
         assert (reading.size, reading.position) == (scene.size, scene.position)
-        assert scene.colour in caption and scene.shape in caption
+        assert scene.colour in caption.lower() and scene.shape in caption.lower()  # CLIP's tokenizer lowercases
+
+
+def test_a_caption_without_a_size_word_is_of_a_large_shape() -> None:
+    """A prompt that names no size asks for a large shape: every small shape's caption says so (in one of its
+    synonyms), about a third of the large ones' leave the size out."""
+    unsized = {"small": 0, "large": 0}
+    counts = {"small": 0, "large": 0}
+    for index in range(600):
+        scene = dataset.sample_scene(0, index)
+        for variant in range(2):
+            caption = f" {dataset.sample_caption(scene, 0, index, variant).lower()} "
+            counts[scene.size] += 1
+            unsized[scene.size] += not any(f" {w} " in caption for w in dataset.SIZE_WORDS[scene.size])
+    assert unsized["small"] == 0
+    assert 0.25 < unsized["large"] / counts["large"] < 0.45, unsized
 
 
 def test_classifier_sees_no_shape_on_a_blank_image() -> None:
