@@ -81,3 +81,17 @@ def test_checkpoint_runs_the_txt2img_workflow(run: tuple[Path, TrainState], tmp_
         assert result.status == "success", result.error
         images = [img for out in result.outputs.values() for img in out.get("images", [])]
         assert len(images) == 1
+
+
+def test_a_model_named_like_a_bundled_one_is_refused_not_silently_replaced(run: tuple[Path, TrainState],
+                                                                          tmp_path: Path) -> None:
+    """The bundled folder is searched first, so a trained file named latentgraph-demo.safetensors would be evaluated
+    as the shipped model: the evaluation refuses it and says to rename it; under its own name it is the one found."""
+    _, state = run
+    models = tmp_path / "models"
+    shadowed = write_single_file(state, models / "latentgraph-demo.safetensors")
+    with pytest.raises(ValueError, match="copy it under another name"):
+        make_executor(tmp_path / "base", extra_checkpoints=models)
+    renamed = shadowed.rename(models / "tiny-demo.safetensors")
+    executor = make_executor(tmp_path / "base", extra_checkpoints=models)
+    assert executor.env.folders.find("checkpoints", renamed.name) == renamed.resolve()
